@@ -1,0 +1,27 @@
+# Two entry points (see README): `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.synthehr-installed
+DEMO   := demo-output
+
+.PHONY: install demo test clean
+
+# torch is pinned to the local CPU wheel and pandas < 3 (SDV needs pandas 2) through constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/synthehr prepare --source mimic-iv --path data/demo/mimic-iv-demo-2.2 \
+		--meds data/demo/mimic-iv-demo-meds --out $(DEMO)/prepared
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,258 @@
+"""The one interface every synthehr generator shares: fit / sample / condition / save / load.
+
+Saved model = a folder:
+  config.json        model type, hyper-parameters, schema, small JSON state, synthehr version
+  weights.safetensors  every array the model learned (no pickle: loading runs no code)
+  manifest.json      sha256 of the two files above, so a tampered or truncated folder fails clearly
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import load_file, save_file
+
+from synthehr.errors import ConditioningError, ModelFileError
+from synthehr.models.schema import TableSchema
+
+FORMAT_VERSION = 1
+_REGISTRY: dict[str, type["Generator"]] = {}
+
+
+def register(cls: type["Generator"]) -> type["Generator"]:
+    """Class decorator: lets `load_model` find a generator by its `model_type`."""
+    if not getattr(cls, "model_type", None):
+        raise TypeError(f"{cls.__name__} must set model_type")
+    _REGISTRY[cls.model_type] = cls
+    return cls
+
+
+def registered_models() -> dict[str, type["Generator"]]:
+    return dict(_REGISTRY)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Generator(ABC):
+    """Base class. Hyper-parameters go to __init__ only; learned state ends in `_`.
+
+    Subclasses implement `_fit`, `_sample`, `_condition_rows`, `get_state`/`set_state`.
+    The base class validates input, restores observed values exactly and handles files.
+    """
+
+    model_type: ClassVar[str] = ""
+
+    def __init__(self, **hyperparameters: Any):
+        self.hyperparameters = dict(hyperparameters)
+        self.schema_: TableSchema | None = None
+
+    # ---------------------------------------------------------------- public API
+    def fit(self, data: pd.DataFrame, schema: TableSchema | None = None) -> "Generator":
+        if not isinstance(data, pd.DataFrame):
+            raise TypeError(f"fit expects a pandas DataFrame, got {type(data).__name__}")
+        if len(data) == 0:
+            raise ConditioningError("fit: the training table has no rows")
+        schema = schema or TableSchema.infer(data)
+        schema.validate(data, where="training table")
+        self.schema_ = schema
+        self._fit(data[schema.names].reset_index(drop=True))
+        return self
+
+    def sample(self, n: int, seed: int = 0) -> pd.DataFrame:
+        self._check_fitted()
+        n = self._check_n(n)
+        out = self._sample(n, np.random.default_rng(seed), seed)
+        return self._finish(out)
+
+    def condition(self, observed: Mapping[str, Any] | pd.Series, n: int = 1, seed: int = 0) -> pd.DataFrame:
+        """n samples of the whole record given the observed features; observed values come back exactly."""
+        self._check_fitted()
+        n = self._check_n(n)
+        observed = dict(observed)
+        self._check_observed_names(observed.keys())
+        row = {name: observed.get(name, np.nan) for name in self.schema_.names}
+        table = pd.DataFrame([row] * n, columns=self.schema_.names)
+        return self.impute(table, seed=seed)
+
+    def impute(self, table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+        """One draw per row: NaN cells are generated given the row's non-NaN cells."""
+        self._check_fitted()
+        self._check_observed_names(table.columns)
+        table = table.reindex(columns=self.schema_.names)
+        self.schema_.validate(table, where="observed values")
+        observed_mask = table.notna().to_numpy()
+        if observed_mask.all():
+            return table.reset_index(drop=True).copy()
+        out = self._condition_rows(table.reset_index(drop=True), observed_mask, np.random.default_rng(seed), seed)
+        out = self._finish(out)
+        # Observed cells are returned exactly as given, whatever the model's numerics did.
+        return self._restore_observed(out, table.reset_index(drop=True), observed_mask)
+
+    def save(self, path: str | Path) -> Path:
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors, json_state = self.get_state()
+        tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        save_file(tensors, str(path / "weights.safetensors"))
+        from synthehr import __version__
+
+        config = {
+            "format_version": FORMAT_VERSION,
+            "synthehr_version": __version__,
+            "model_type": self.model_type,
+            "hyperparameters": self.hyperparameters,
+            "schema": self.schema_.to_json(),
+            "state": json_state,
+            "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in tensors.items()},
+        }
+        (path / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
+        manifest = {name: _sha256(path / name) for name in ("config.json", "weights.safetensors")}
+        (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Generator":
+        model = load_model(path)
+        if cls is not Generator and not isinstance(model, cls):
+            raise ModelFileError(f"{path}: holds a {model.model_type!r} model, not {cls.model_type!r}")
+        return model
+
+    # ------------------------------------------------------------ for subclasses
+    @abstractmethod
+    def _fit(self, data: pd.DataFrame) -> None: ...
+
+    @abstractmethod
+    def _sample(self, n: int, rng: np.random.Generator, seed: int) -> pd.DataFrame: ...
+
+    @abstractmethod
+    def _condition_rows(self, table: pd.DataFrame, observed: np.ndarray, rng: np.random.Generator,
+                        seed: int) -> pd.DataFrame:
+        """Return a full table; rows of `table` with `observed[i, j]` True hold given values."""
+
+    @abstractmethod
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays for safetensors, small JSON-serialisable state)."""
+
+    @abstractmethod
+    def set_state(self, tensors: dict[str, np.ndarray], state: dict) -> None: ...
+
+    # ------------------------------------------------------------------ helpers
+    def _check_fitted(self) -> None:
+        if self.schema_ is None:
+            raise ConditioningError(f"{type(self).__name__} is not fitted: call fit() or load a saved model")
+
+    @staticmethod
+    def _check_n(n: int) -> int:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ConditioningError(f"n must be a positive integer, got {n!r}")
+        return int(n)
+
+    def _check_observed_names(self, names) -> None:
+        unknown = [str(k) for k in names if k not in self.schema_]
+        if unknown:
+            raise ConditioningError(f"unknown feature(s) {unknown}; this model knows {self.schema_.names}")
+
+    def _restore_observed(self, out: pd.DataFrame, given: pd.DataFrame, observed_mask: np.ndarray) -> pd.DataFrame:
+        """Put the given cells back column by column with an explicit dtype.
+
+        (DataFrame.mask would silently downcast and warns that pandas 3 changes that; numeric
+        strings in a continuous/binary column come back as the numbers they spell.)
+        """
+        out = out.copy()
+        for j, spec in enumerate(self.schema_.columns):
+            m = observed_mask[:, j]
+            if not m.any():
+                continue
+            if spec.kind == "categorical":
+                values = out[spec.name].to_numpy(dtype=object).copy()
+                values[m] = given[spec.name].to_numpy(dtype=object)[m]
+                out[spec.name] = pd.Series(values).infer_objects()
+            else:
+                values = pd.to_numeric(out[spec.name]).to_numpy(dtype=float).copy()
+                values[m] = pd.to_numeric(given[spec.name]).to_numpy(dtype=float)[m]
+                if spec.kind == "binary" and pd.api.types.is_integer_dtype(out[spec.name]):
+                    out[spec.name] = values.astype(out[spec.name].dtype)
+                else:
+                    out[spec.name] = values
+        return out
+
+    def _finish(self, out: pd.DataFrame) -> pd.DataFrame:
+        """Clip to plausible ranges and cast binary/categorical columns to their levels."""
+        out = out.reindex(columns=self.schema_.names).reset_index(drop=True)
+        for spec in self.schema_.columns:
+            if spec.kind == "continuous" and (spec.lower is not None or spec.upper is not None):
+                out[spec.name] = out[spec.name].clip(spec.lower, spec.upper)
+        return out
+
+
+def _json_default(o: Any):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def load_model(path: str | Path) -> Generator:
+    """Load any saved generator. Validates every file before building the model; runs no stored code."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFileError(f"{path}: no such model folder")
+    for name in ("config.json", "weights.safetensors", "manifest.json"):
+        if not (path / name).is_file():
+            raise ModelFileError(f"{path}: model folder is incomplete, {name} is missing")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{path / 'manifest.json'}: not valid JSON ({e})") from None
+    for name in ("config.json", "weights.safetensors"):
+        if manifest.get(name) != _sha256(path / name):
+            raise ModelFileError(f"{path / name}: checksum does not match manifest.json (file changed or truncated)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{path / 'config.json'}: not valid JSON ({e})") from None
+    for key in ("format_version", "model_type", "hyperparameters", "schema", "state", "tensors"):
+        if key not in config:
+            raise ModelFileError(f"{path / 'config.json'}: field {key!r} is missing")
+    if config["format_version"] != FORMAT_VERSION:
+        raise ModelFileError(f"{path / 'config.json'}: format_version {config['format_version']} is not supported")
+    _import_model_modules()
+    cls = _REGISTRY.get(config["model_type"])
+    if cls is None:
+        raise ModelFileError(f"{path / 'config.json'}: unknown model_type {config['model_type']!r}; "
+                             f"known: {sorted(_REGISTRY)}")
+    try:
+        tensors = load_file(str(path / "weights.safetensors"))
+    except Exception as e:  # safetensors raises its own error types
+        raise ModelFileError(f"{path / 'weights.safetensors'}: cannot be read ({e})") from None
+    expected = config["tensors"]
+    if set(expected) != set(tensors):
+        raise ModelFileError(f"{path}: weights hold {sorted(tensors)}, config.json expects {sorted(expected)}")
+    for k, meta in expected.items():
+        if list(tensors[k].shape) != meta["shape"]:
+            raise ModelFileError(f"{path}: tensor {k!r} has shape {list(tensors[k].shape)}, expected {meta['shape']}")
+    model = cls(**config["hyperparameters"])
+    model.schema_ = TableSchema.from_json(config["schema"])
+    model.set_state(tensors, config["state"])
+    return model
+
+
+def _import_model_modules() -> None:
+    """Import the model packages so their @register decorators run."""
+    import synthehr.models  # noqa: F401
