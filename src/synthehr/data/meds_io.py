@@ -91,6 +91,7 @@ def write_events_view(con: duckdb.DuckDBPyConnection, events_sql: str, splits: p
     con.execute(f"CREATE OR REPLACE TEMP TABLE _events AS SELECT e.*, s.split FROM ({events_sql}) e "
                 "LEFT JOIN _splits s USING (subject_id)").fetchall()
     n_total, n_nosplit = con.execute("SELECT count(*), count(*) FILTER (WHERE split IS NULL) FROM _events").fetchall()[0]
+    report.read("events", n_total)
     report.drop("events", "subject_not_in_cohort", n_nosplit)
     counts = {}
     for split in ("train", "tuning", "held_out"):

@@ -86,7 +86,6 @@ def extract(con: duckdb.DuckDBPyConnection, path: str | Path, report: Preparatio
         WHERE code LIKE 'ICU_ADMISSION%' OR code LIKE 'ICU_DISCHARGE%' OR code LIKE 'HOSPITAL_ADMISSION%'
            OR code LIKE 'HOSPITAL_DISCHARGE%' OR code = 'MEDS_DEATH' OR code = 'MEDS_BIRTH' OR code LIKE 'GENDER//%'""").fetchall()
     key = con.execute("SELECT * FROM _meds_key ORDER BY subject_id, time NULLS FIRST").df()
-    report.read("events", con.execute(f"SELECT count(*) FROM ({events_sql})").fetchall()[0][0])
 
     stays = _pair_stays(key, report)
     if stays.empty:

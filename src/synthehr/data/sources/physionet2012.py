@@ -55,42 +55,55 @@ def _iter_records(path: Path):
 
 
 def read_records(path: Path, report: PreparationReport) -> pl.DataFrame:
-    """All records as one long table: record_id, minutes, parameter, value, file."""
-    frames = []
-    seen: dict[int, str] = {}
+    """All records as one long table: record_id, minutes, parameter, value.
+
+    The files are concatenated (each line tagged with its file's index) and parsed in one pass;
+    every check still names the file the bad line came from.
+    """
+    names: list[str] = []
+    chunks: list[str] = []
     for name, text in _iter_records(path):
-        lines = text.splitlines()
-        if not lines or lines[0].strip() != "Time,Parameter,Value":
-            raise DataError(f"header must be 'Time,Parameter,Value', found {lines[0][:60]!r}" if lines else "empty file",
-                            file=name)
-        body = "\n".join(l for l in lines[1:] if l.strip())
-        df = pl.read_csv(io.StringIO(body), has_header=False, new_columns=["time", "parameter", "value"],
-                         schema_overrides={"time": pl.String, "parameter": pl.String, "value": pl.String})
-        if df.height == 0:
+        header, _, body = text.partition("\n")
+        if header.strip() != "Time,Parameter,Value":
+            raise DataError(f"header must be 'Time,Parameter,Value', found {header[:60]!r}", file=name)
+        i = len(names)
+        names.append(name)
+        lines = [ln for ln in body.splitlines() if ln.strip()]
+        if not lines:
             raise DataError("record has no rows", file=name)
-        bad_time = df.filter(~pl.col("time").str.contains(r"^\d{1,2}:\d{2}$"))
-        if bad_time.height:
-            raise DataError("unparseable time (expected HH:MM)", file=name, column="Time", value=bad_time["time"][0])
-        vals = df.get_column("value").cast(pl.Float64, strict=False)
-        bad_val = df.filter(vals.is_null() & pl.col("value").is_not_null())
-        if bad_val.height:
-            raise DataError(f"unparseable number for parameter {bad_val['parameter'][0]!r}", file=name,
-                            column="Value", value=bad_val["value"][0])
-        rid_rows = df.filter(pl.col("parameter") == "RecordID")
-        if rid_rows.height == 0:
-            raise DataError("no RecordID row", file=name, column="Parameter")
-        rid = int(float(rid_rows["value"][0]))
-        if rid in seen:
-            raise DataError(f"duplicate RecordID {rid} (also in {seen[rid]})", file=name, column="RecordID", value=rid)
-        seen[rid] = name
-        hm = df.get_column("time").str.split_exact(":", 1)
-        minutes = hm.struct.field("field_0").cast(pl.Int32) * 60 + hm.struct.field("field_1").cast(pl.Int32)
-        frames.append(pl.DataFrame({"record_id": np.full(df.height, rid, dtype=np.int64), "minutes": minutes,
-                                    "parameter": df["parameter"], "value": vals}))
-    if not frames:
+        bad = next((ln for ln in lines if ln.count(",") != 2), None)
+        if bad is not None:
+            raise DataError("line must have three comma-separated fields", file=name, value=bad)
+        chunks.append("".join(f"{i},{ln}\n" for ln in lines))
+    if not names:
         raise DataError("no record files found", file=str(path))
-    out = pl.concat(frames)
-    report.read("record_files", len(frames))
+    df = pl.read_csv(io.StringIO("".join(chunks)), has_header=False,
+                     new_columns=["file", "time", "parameter", "value"],
+                     schema_overrides={"file": pl.Int32, "time": pl.String, "parameter": pl.String, "value": pl.String})
+    bad_time = df.filter(~pl.col("time").str.contains(r"^\d{1,2}:\d{2}$"))
+    if bad_time.height:
+        raise DataError("unparseable time (expected HH:MM)", file=names[bad_time["file"][0]], column="Time",
+                        value=bad_time["time"][0])
+    df = df.with_columns(pl.col("value").cast(pl.Float64, strict=False).alias("num"))
+    bad_val = df.filter(pl.col("num").is_null() & pl.col("value").is_not_null())
+    if bad_val.height:
+        raise DataError(f"unparseable number for parameter {bad_val['parameter'][0]!r}",
+                        file=names[bad_val["file"][0]], column="Value", value=bad_val["value"][0])
+    ids = df.filter(pl.col("parameter") == "RecordID").group_by("file").agg(pl.col("num").first().alias("rid"))
+    if ids.height < len(names):
+        missing = sorted(set(range(len(names))) - set(ids["file"].to_list()))[0]
+        raise DataError("no RecordID row", file=names[missing], column="Parameter")
+    dup = ids.filter(pl.col("rid").is_duplicated()).sort("file")
+    if dup.height:
+        rid = int(dup["rid"][0])
+        raise DataError(f"duplicate RecordID {rid} (also in {names[dup['file'][0]]})", file=names[dup["file"][1]],
+                        column="RecordID", value=rid)
+    hm = df.get_column("time").str.split_exact(":", 1)
+    out = df.join(ids, on="file").select(
+        pl.col("rid").cast(pl.Int64).alias("record_id"),
+        (hm.struct.field("field_0").cast(pl.Int32) * 60 + hm.struct.field("field_1").cast(pl.Int32)).alias("minutes"),
+        "parameter", pl.col("num").alias("value"))
+    report.read("record_files", len(names))
     report.read("observation_rows", out.height)
     return out
 
