@@ -19,6 +19,10 @@ install: $(STAMP)
 demo: install
 	$(BIN)/synthehr prepare --source mimic-iv --path data/demo/mimic-iv-demo-2.2 \
 		--meds data/demo/mimic-iv-demo-meds --out $(DEMO)/prepared
+	$(BIN)/synthehr train --model gaussian --data $(DEMO)/prepared --out $(DEMO)/models/gaussian
+	$(BIN)/synthehr generate --model $(DEMO)/models/gaussian -n 2000 --seed 0 --out $(DEMO)/synthetic/gaussian.parquet
+	$(BIN)/synthehr evaluate --synthetic $(DEMO)/synthetic/gaussian.parquet --data $(DEMO)/prepared \
+		--out $(DEMO)/evaluation/gaussian
 
 test: install
 	$(BIN)/python -m pytest -q

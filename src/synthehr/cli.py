@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -15,7 +16,6 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     data = prepare(args.source, args.path, args.out, meds=args.meds, outcomes=args.outcomes, code_map=args.code_map,
                    max_hours=args.max_hours, seed=args.seed, memory_limit=args.memory_limit,
                    progress=not args.quiet)
-    import json
 
     report = json.loads((Path(args.out) / "preparation_report.json").read_text())
     g = report["outputs"]["icu_grid"]
@@ -34,6 +34,104 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     print(f"  full report: {Path(args.out) / 'preparation_report.json'}")
     return 0
+
+
+def _parse_conditions(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SynthEHRError(f"--condition expects NAME=VALUE, got {item!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            out[name.strip()] = value.strip()
+    return out
+
+
+def _read_table(path: str) -> "pd.DataFrame":
+    import pandas as pd
+
+    from synthehr.errors import DataError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError("table not found", file=str(p))
+    if p.suffix == ".csv":
+        return pd.read_csv(p)
+    if p.suffix == ".parquet":
+        return pd.read_parquet(p)
+    raise DataError("expected a .parquet or .csv table", file=str(p))
+
+
+def _write_table(df, path: str) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.suffix == ".csv":
+        df.to_csv(p, index=False)
+    else:
+        df.to_parquet(p, index=False)
+    return p
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from synthehr.models.training import train_model
+
+    hp = {k: v for k, v in _parse_conditions(args.param).items()}
+    gen = train_model(args.model, args.data, args.out, split=args.split, **hp)
+    info = json.loads((Path(args.out) / "training.json").read_text())
+    print(f"trained {gen.model_type} on {info['rows']:,} {args.split} rows in {info['fit_seconds']:.1f} s → {args.out}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from synthehr.models.base import load_model
+
+    model = load_model(args.model)
+    observed = _parse_conditions(args.condition)
+    out = model.condition(observed, n=args.n, seed=args.seed) if observed else model.sample(args.n, seed=args.seed)
+    path = _write_table(out, args.out)
+    print(f"generated {len(out):,} records × {out.shape[1]} columns → {path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from synthehr.evaluation import evaluate_tables
+
+    synthetic = _read_table(args.synthetic)
+    if args.data:
+        from synthehr.data import load_prepared
+
+        prepared = load_prepared(args.data)
+        real = prepared.feature_table("held_out", with_label=True)
+        train = prepared.feature_table("train", with_label=True)
+        label = args.label or prepared.label
+    else:
+        if not (args.real and args.train):
+            raise SynthEHRError("give --data PREPARED_DIR, or both --real and --train tables")
+        real, train, label = _read_table(args.real), _read_table(args.train), args.label
+    if label and label not in synthetic.columns:
+        label = None
+    metrics = evaluate_tables(real, synthetic, train, label=label, out_dir=Path(args.out), seed=args.seed)
+    print(f"evaluation written to {args.out}/metrics.json")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    for line in _headline(metrics):
+        print("  " + line)
+    return 0
+
+
+def _headline(metrics: dict) -> list[str]:
+    """A few numbers worth seeing on screen; everything else is in metrics.json and the report."""
+    from synthehr.evaluation import flatten_metrics
+
+    wanted = ("rmspe", "mape", "mean_mmd", "correlation_difference_mean_abs", "tstr", "auroc", "mia_auc", "dcr")
+    rows = flatten_metrics(metrics)
+    out = []
+    for r in rows:
+        name = r["metric"]
+        if any(w in name for w in wanted) and isinstance(r.get("value"), (int, float)):
+            out.append(f"{name}{' [' + r['split'] + ']' if r.get('split') else ''}: {r['value']:.4g}")
+    return out[:16]
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -61,6 +159,33 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit; larger data spill to disk")
     prep.add_argument("--quiet", action="store_true")
     prep.set_defaults(func=_cmd_prepare)
+
+    train = sub.add_parser("train", help="fit a generator on a prepared dataset's ICU grid and save it")
+    train.add_argument("--model", required=True, help="gaussian | independent_marginals (and later models)")
+    train.add_argument("--data", required=True, help="prepared folder (from synthehr prepare)")
+    train.add_argument("--out", required=True, help="model folder to write")
+    train.add_argument("--split", default="train")
+    train.add_argument("--param", action="append", metavar="NAME=VALUE", help="hyper-parameter (repeatable)")
+    train.set_defaults(func=_cmd_train)
+
+    gen = sub.add_parser("generate", help="sample synthetic records from a saved model")
+    gen.add_argument("--model", required=True, help="model folder")
+    gen.add_argument("-n", type=int, default=1000)
+    gen.add_argument("--condition", action="append", metavar="FEATURE=VALUE",
+                     help="fix a feature; the rest is generated given it (repeatable)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", required=True, help=".parquet or .csv")
+    gen.set_defaults(func=_cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="fidelity, utility, privacy and constraint metrics + HTML report")
+    ev.add_argument("--synthetic", required=True, help=".parquet or .csv")
+    ev.add_argument("--data", help="prepared folder: real = its held_out split, train = its train split")
+    ev.add_argument("--real", help="real held-out table (.parquet/.csv), instead of --data")
+    ev.add_argument("--train", help="real training table (.parquet/.csv), instead of --data")
+    ev.add_argument("--label", help="binary outcome column for TSTR (default: the prepared label)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(func=_cmd_evaluate)
 
     bench = sub.add_parser("benchmark", help="run a benchmark suite; results under benchmarks/results/")
     bench.add_argument("suite", choices=["prepare"])
