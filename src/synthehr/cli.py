@@ -143,6 +143,17 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     raise SystemExit(f"unknown benchmark suite {args.suite!r}")
 
 
+# Capabilities that add their own sub-commands: each module defines register_cli(subparsers).
+# Their set_defaults(func=...) handlers receive the parsed args and return an exit code.
+PLUGIN_MODULES = (
+    "synthehr.constraints.cli",
+    "synthehr.models.conditional.cli",
+    "synthehr.audit.cli",
+    "synthehr.app.cli",
+    "synthehr.benchmarks.cli",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synthehr", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -192,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--results", default="benchmarks/results")
     bench.add_argument("--shared", help="folder holding the shared datasets (default: ../shared/data)")
     bench.set_defaults(func=_cmd_benchmark)
+    for module in PLUGIN_MODULES:
+        try:
+            mod = __import__(module, fromlist=["register_cli"])
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("synthehr"):
+                continue  # that capability is not built yet
+            raise
+        mod.register_cli(sub)
     return p
 
 
