@@ -135,23 +135,13 @@ def _headline(metrics: dict) -> list[str]:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    if args.suite == "prepare":
-        from synthehr.benchmarks.prepare_speed import run_prepare_benchmark
+    import importlib
 
-        run_prepare_benchmark(out_dir=Path(args.results), shared=Path(args.shared) if args.shared else None)
-        return 0
-    raise SystemExit(f"unknown benchmark suite {args.suite!r}")
+    from synthehr.benchmarks import SUITES
 
-
-# Capabilities that add their own sub-commands: each module defines register_cli(subparsers).
-# Their set_defaults(func=...) handlers receive the parsed args and return an exit code.
-PLUGIN_MODULES = (
-    "synthehr.constraints.cli",
-    "synthehr.models.conditional.cli",
-    "synthehr.audit.cli",
-    "synthehr.app.cli",
-    "synthehr.benchmarks.cli",
-)
+    if args.suite not in SUITES:
+        raise SynthEHRError(f"unknown benchmark suite {args.suite!r}; choose one of {sorted(SUITES)}")
+    return importlib.import_module(SUITES[args.suite]).main(args.suite_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,10 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True)
     ev.set_defaults(func=_cmd_evaluate)
 
-    bench = sub.add_parser("benchmark", help="run a benchmark suite; results under benchmarks/results/")
-    bench.add_argument("suite", choices=["prepare"])
-    bench.add_argument("--results", default="benchmarks/results")
-    bench.add_argument("--shared", help="folder holding the shared datasets (default: ../shared/data)")
+    bench = sub.add_parser("benchmark", help="run a benchmark suite; results under benchmarks/results/",
+                           description="synthehr benchmark SUITE --help lists a suite's options")
+    bench.add_argument("suite", help="prepare | tabular | ... (see synthehr.benchmarks.SUITES)")
+    bench.add_argument("suite_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_benchmark)
     for module in PLUGIN_MODULES:
         try:

@@ -1,1 +1,10 @@
-"""Benchmark suites. Each writes benchmarks/results/<suite>-<dataset>.json (one long format) + .md."""
+"""Benchmark suites. Each writes benchmarks/results/<suite>-<dataset>.json (one long format) + .md.
+
+`synthehr benchmark SUITE [suite options]` dispatches to the module named here; each suite module
+defines `main(argv: list[str]) -> int` with its own argparse options.
+"""
+
+SUITES = {
+    "prepare": "synthehr.benchmarks.prepare_speed",
+    "tabular": "synthehr.benchmarks.tabular",
+}

@@ -76,3 +76,15 @@ def run_prepare_benchmark(out_dir: Path, shared: Path | None = None, repeats: in
         written += [j, m]
         print(f"  → {j}")
     return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="synthehr benchmark prepare", description=__doc__)
+    p.add_argument("--results", default="benchmarks/results", help="output folder")
+    p.add_argument("--shared", help="folder with the shared datasets (default: ../shared/data)")
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args(argv)
+    run_prepare_benchmark(Path(a.results), Path(a.shared) if a.shared else None, repeats=a.repeats)
+    return 0
