@@ -144,6 +144,16 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return importlib.import_module(SUITES[args.suite]).main(args.suite_args)
 
 
+# Capabilities that add their own sub-commands: each module defines register_cli(subparsers).
+# Their set_defaults(func=...) handlers receive the parsed args and return an exit code.
+PLUGIN_MODULES = (
+    "synthehr.constraints.cli",
+    "synthehr.models.conditional.cli",
+    "synthehr.audit.cli",
+    "synthehr.app.cli",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synthehr", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
