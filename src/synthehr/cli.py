@@ -89,9 +89,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     observed = _parse_conditions(args.condition)
-    out = model.condition(observed, n=args.n, seed=args.seed) if observed else model.sample(args.n, seed=args.seed)
+    from synthehr.constraints.cli import generate_from_args, report_lines
+
+    out = generate_from_args(model, args, observed)
     path = _write_table(out, args.out)
     print(f"generated {len(out):,} records × {out.shape[1]} columns → {path}")
+    for line in report_lines(out):
+        print("  " + line)
     return 0
 
 
@@ -186,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fix a feature; the rest is generated given it (repeatable)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True, help=".parquet or .csv")
+    from synthehr.constraints.cli import add_generate_options
+
+    add_generate_options(gen)
     gen.set_defaults(func=_cmd_generate)
 
     ev = sub.add_parser("evaluate", help="fidelity, utility, privacy and constraint metrics + HTML report")

@@ -13,6 +13,15 @@ from synthehr.constraints.equations import (
     ph_from_base_excess_hco3,
     severinghaus_spo2,
 )
+from synthehr.constraints.bounds import Bound, parse_bound, resolve_bounds
+from synthehr.constraints.enforce import (
+    EQUATION_TOLERANCE,
+    ConstrainedGenerator,
+    constraint_report,
+    generate_with_constraints,
+    impute_with_constraints,
+    resolve_equations,
+)
 
 __all__ = [
     "EQUATIONS",
@@ -26,4 +35,13 @@ __all__ = [
     "pao2_from_spo2",
     "ph_from_base_excess_hco3",
     "severinghaus_spo2",
+    "Bound",
+    "parse_bound",
+    "resolve_bounds",
+    "EQUATION_TOLERANCE",
+    "ConstrainedGenerator",
+    "constraint_report",
+    "generate_with_constraints",
+    "impute_with_constraints",
+    "resolve_equations",
 ]
