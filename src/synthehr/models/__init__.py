@@ -17,3 +17,5 @@ __all__ = [
     "register",
     "registered_models",
 ]
+
+import synthehr.models.conditional  # noqa: F401

@@ -1,0 +1,532 @@
+"""Shared machinery of the PyTorch generators: mixed-type encoding, likelihoods, nets, training.
+
+Encoding (`MixedCodec`)
+    * continuous → one standardized value (training mean/std, kept as tensors `codec.loc` /
+      `codec.scale`; a constant column keeps scale 1). The decoder emits a Gaussian mean and a
+      log-variance per continuous column, so the reconstruction NLL is a proper density
+      (in standardized units) and sampling can add the decoder's own noise.
+    * binary → one 0/1 value; the decoder emits one Bernoulli logit.
+    * categorical → a one-hot block; the decoder emits one logit per level (softmax likelihood).
+    A missing cell (NaN) is encoded as 0 (the standardized mean / an all-zero one-hot block) and
+    is *never* a real value: every net that reads `x` also reads the per-column mask saying which
+    cells it may trust, and the reconstruction loss multiplies each cell's log-likelihood by the
+    "present" mask so missing training cells contribute nothing.
+
+Training (`TorchGenerator`)
+    Adam, mini-batches reshuffled each epoch, gradient norm clipped at `GRAD_CLIP`. Everything
+    random (initial weights, shuffling, masks, reparameterisation noise) comes from torch's
+    global generator seeded with `seed` inside `torch.random.fork_rng`, so a fit is
+    deterministic for a fixed seed on CPU and leaves the caller's torch RNG untouched. Sampling
+    and conditioning do the same with a torch seed drawn from the numpy generator the base class
+    builds from the `seed` argument.
+
+Random observed-masks (`random_observed_mask`)
+    Arbitrary-conditioning models learn from a fresh random split of each training row into
+    observed / unobserved cells every batch. Default (`mask_rate=None`): each row draws its own
+    rate r ~ U(0, 1) and every cell is unobserved with probability r, so "almost everything
+    given" and "almost nothing given" are both seen (as in VAEAC's and Posterior Matching's
+    experiments). A float `mask_rate` fixes r for every row. Cells missing in the data are never
+    observed.
+
+Conditional log-likelihood (`TorchGenerator.log_prob_unobserved`)
+    Monte-Carlo estimate log p(x_u | x_o) ≈ log (1/K) Σ_k p(x_u | z_k, x_o), z_k drawn from the
+    model's *conditional* latent distribution (VAE: encoder on the masked input; VAEAC: prior
+    network; PMVAE: posterior-matching network q_θ). The decoder factorizes over features given
+    z, so p(x_u | z) is a product of per-cell terms. By Jensen the estimate is biased low
+    (in expectation a lower bound on the log-density of the model's conditional), with the bias
+    shrinking as K grows; it is exact for the model's own sampling distribution as K → ∞.
+
+Defaults and speed
+    latent_dim=16, hidden=(256, 256) (decoder mirrored), epochs=40, batch_size=256, lr=1e-3,
+    SiLU MLPs, no dropout / batch-norm (so eval = train numerics). Measured on two shared CPU
+    cores with one torch thread: a 10,000 × 30 table takes ~0.3–0.9 s per epoch (VAE fastest,
+    PMVAE slowest), i.e. ~12–37 s at 40 epochs, so the 48,000 × 31 ICU grid takes about 1–3
+    minutes. `condition(observed, n=100)` on one grid row: ~9–14 ms end to end, of which the
+    model's own part (encode, two MLP passes, sample, decode) is ~2–3 ms; the rest is the base
+    class's validation and DataFrame handling.
+    Threads are left alone. torch's OpenMP workers spin-wait, so on an oversubscribed machine
+    (more busy processes than cores) two intra-op threads made training ~10x slower; set
+    OMP_WAIT_POLICY=PASSIVE or torch.set_num_threads(1) in the calling program if that happens.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from synthehr.errors import ConditioningError, DataError, ModelFileError
+from synthehr.models.base import Generator
+from synthehr.models.schema import ColumnSpec, TableSchema
+
+__all__ = [
+    "MixedCodec",
+    "TorchGenerator",
+    "gaussian_log_prob",
+    "kl_diag_normal",
+    "mlp",
+    "random_observed_mask",
+    "split_gaussian",
+]
+
+LOG_2PI = math.log(2.0 * math.pi)
+DECODER_MIN_LOG_VAR = -8.0  # decoder sd ≥ 0.018 training sd: a spike on repeated values cannot blow up the NLL
+LATENT_MIN_LOG_VAR = -10.0
+GRAD_CLIP = 10.0
+CHUNK = 8192  # rows per forward pass when generating or scoring large tables
+
+
+# ---------------------------------------------------------------- small tensor helpers
+def soft_floor(raw: torch.Tensor, floor: float) -> torch.Tensor:
+    """floor + softplus(raw - floor): smooth, never below `floor`, ≈ raw well above it (no dead gradient)."""
+    return floor + F.softplus(raw - floor)
+
+
+def split_gaussian(out: torch.Tensor, floor: float = LATENT_MIN_LOG_VAR) -> tuple[torch.Tensor, torch.Tensor]:
+    """A net's last dim split into (mean, log-variance) halves, log-variance soft-floored."""
+    mu, raw = out.chunk(2, dim=-1)
+    return mu, soft_floor(raw, floor)
+
+
+def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mu, exp(log_var))."""
+    return -0.5 * (LOG_2PI + log_var + (x - mu) ** 2 * torch.exp(-log_var))
+
+
+def kl_diag_normal(mu_q: torch.Tensor, lv_q: torch.Tensor, mu_p: torch.Tensor | None = None,
+                   lv_p: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)) summed over the last dim; p defaults to N(0, I)."""
+    if mu_p is None:
+        return 0.5 * (torch.exp(lv_q) + mu_q**2 - 1.0 - lv_q).sum(-1)
+    return 0.5 * (lv_p - lv_q + (torch.exp(lv_q) + (mu_q - mu_p) ** 2) * torch.exp(-lv_p) - 1.0).sum(-1)
+
+
+def reparameterize(mu: torch.Tensor, log_var: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """mu + sd * eps; with k, a leading sample dim of size k (one batched draw, no Python loop)."""
+    shape = mu.shape if k is None else (k, *mu.shape)
+    return mu + torch.exp(0.5 * log_var) * torch.randn(shape, dtype=mu.dtype)
+
+
+def mlp(n_in: int, hidden: Sequence[int], n_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = n_in
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.SiLU()]
+        width = h
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+def random_observed_mask(present: torch.Tensor, mask_rate: float | None) -> torch.Tensor:
+    """Bool (n, n_columns): which present cells count as observed this batch (see module doc)."""
+    n = present.shape[0]
+    rate = torch.rand(n, 1) if mask_rate is None else torch.full((n, 1), float(mask_rate))
+    return (torch.rand(present.shape) >= rate) & present
+
+
+# ---------------------------------------------------------------------------- encoding
+def _category_strings(spec: ColumnSpec) -> list[str]:
+    """Categories compare as strings (as TableSchema.validate does), so 2 and "2" are one level."""
+    return [str(c) for c in spec.categories]
+
+
+class MixedCodec:
+    """Table ⇄ encoded float matrix, and the decoder's per-column likelihoods (see module doc).
+
+    Layouts: `x` (…, in_dim) holds encoded values in schema order (one slot per continuous/
+    binary column, a one-hot block per categorical one). Decoder parameters (…, out_dim) hold
+    [mean, log_var] per continuous column, one logit per binary column and one logit per level
+    of each categorical column, also in schema order. Column masks are (…, n_columns).
+    """
+
+    def __init__(self, schema: TableSchema, loc: np.ndarray, scale: np.ndarray):
+        self.schema = schema
+        self.columns = list(schema.columns)
+        self.n_columns = len(self.columns)
+        n_cont = sum(c.kind == "continuous" for c in self.columns)
+        loc, scale = np.asarray(loc, dtype=np.float64), np.asarray(scale, dtype=np.float64)
+        if loc.shape != (n_cont,) or scale.shape != (n_cont,):
+            raise ModelFileError(f"codec: loc/scale have shapes {loc.shape}/{scale.shape}, "
+                                 f"the schema has {n_cont} continuous column(s)")
+        self.loc, self.scale = loc, scale
+
+        cont_cols, cont_in, cont_mu, cont_lv = [], [], [], []
+        bin_cols, bin_in, bin_out = [], [], []
+        self.categorical: list[tuple[int, slice, slice]] = []  # (column, x slice, params slice)
+        col_of_in: list[int] = []
+        self.in_slices: list[slice] = []
+        i = o = 0
+        for j, spec in enumerate(self.columns):
+            if spec.kind == "continuous":
+                cont_cols.append(j), cont_in.append(i), cont_mu.append(o), cont_lv.append(o + 1)
+                width_in, width_out = 1, 2
+            elif spec.kind == "binary":
+                bin_cols.append(j), bin_in.append(i), bin_out.append(o)
+                width_in = width_out = 1
+            else:
+                k = len(spec.categories)
+                if k == 0:
+                    raise DataError("categorical column has no categories in the schema", column=spec.name)
+                self.categorical.append((j, slice(i, i + k), slice(o, o + k)))
+                width_in = width_out = k
+            self.in_slices.append(slice(i, i + width_in))
+            col_of_in += [j] * width_in
+            i += width_in
+            o += width_out
+        self.in_dim, self.out_dim = i, o
+        lt = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+        self.cont_cols, self.cont_in, self.cont_mu, self.cont_lv = map(lt, (cont_cols, cont_in, cont_mu, cont_lv))
+        self.bin_cols, self.bin_in, self.bin_out = map(lt, (bin_cols, bin_in, bin_out))
+        self.col_of_in = lt(col_of_in)
+        self.continuous_cols = np.array([c.kind == "continuous" for c in self.columns])
+        # pieces are built kind by kind; these permutations put them back in schema order
+        order = cont_cols + bin_cols + [j for j, _, _ in self.categorical]
+        self._col_perm = lt(np.argsort(order, kind="stable").tolist())
+        in_order = cont_in + bin_in + [p for _, sl, _ in self.categorical for p in range(sl.start, sl.stop)]
+        self._in_perm = lt(np.argsort(in_order, kind="stable").tolist())
+
+    # ------------------------------------------------------------------- fitting
+    @classmethod
+    def fit(cls, schema: TableSchema, data: pd.DataFrame) -> "MixedCodec":
+        """Standardization from the training table's present cells; every column needs one."""
+        loc, scale = [], []
+        for spec in schema.columns:
+            s = data[spec.name]
+            if s.notna().sum() == 0:
+                raise DataError("the training table has no observed value in this column; cannot estimate it",
+                                column=spec.name)
+            if spec.kind == "continuous":
+                v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+                v = v[~np.isnan(v)]
+                sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+                loc.append(float(v.mean()))
+                scale.append(sd if sd > 1e-12 else 1.0)
+        return cls(schema, np.array(loc), np.array(scale))
+
+    # ----------------------------------------------------------- table ⇄ arrays
+    def encode(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(x float32 (n, in_dim) with 0 in missing cells, present bool (n, n_columns))."""
+        n = len(table)
+        x = np.zeros((n, self.in_dim), dtype=np.float32)
+        present = np.zeros((n, self.n_columns), dtype=bool)
+        # continuous + binary columns in one conversion (the per-column pandas path is the slow
+        # part of conditioning one row); per-column to_numeric only for odd dtypes
+        numeric = [j for j, spec in enumerate(self.columns) if spec.kind != "categorical"]
+        if numeric:
+            names = [self.columns[j].name for j in numeric]
+            try:
+                v = table[names].to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError):
+                v = np.column_stack([pd.to_numeric(table[name], errors="coerce").to_numpy(dtype=np.float64)
+                                     for name in names])
+            ok = ~np.isnan(v)
+            kinds = np.array([self.columns[j].kind == "continuous" for j in numeric])
+            v[:, kinds] = (v[:, kinds] - self.loc) / self.scale
+            slots = [self.in_slices[j].start for j in numeric]
+            x[:, slots] = np.where(ok, v, 0.0)
+            present[:, numeric] = ok
+        for j, in_sl, _ in self.categorical:
+            spec = self.columns[j]
+            s = table[spec.name]
+            ok = s.notna().to_numpy()
+            codes = pd.Categorical(s[ok].astype(str), categories=_category_strings(spec)).codes
+            if (codes < 0).any():
+                bad = s[ok][codes < 0].iloc[0]
+                raise DataError(f"unknown category {bad!r}", column=spec.name)
+            x[np.flatnonzero(ok), in_sl.start + codes] = 1.0
+            present[:, j] = ok
+        return x, present
+
+    def decode(self, x: np.ndarray) -> pd.DataFrame:
+        """Encoded (n, in_dim) → table in raw units: binary = 1 above 0.5, categorical = argmax."""
+        cols: dict[str, Any] = {}
+        c = 0
+        for j, spec in enumerate(self.columns):
+            sl = self.in_slices[j]
+            if spec.kind == "continuous":
+                cols[spec.name] = x[:, sl.start].astype(np.float64) * self.scale[c] + self.loc[c]
+                c += 1
+            elif spec.kind == "binary":
+                cols[spec.name] = (x[:, sl.start] > 0.5).astype(np.int64)
+            else:
+                levels = np.empty(len(spec.categories), dtype=object)
+                levels[:] = list(spec.categories)
+                cols[spec.name] = pd.Series(levels[np.argmax(x[:, sl], axis=1)]).infer_objects()
+        return pd.DataFrame(cols, columns=self.schema.names)
+
+    def expand(self, col_mask: torch.Tensor) -> torch.Tensor:
+        """Per-column mask (…, n_columns) → per-encoded-slot mask (…, in_dim)."""
+        return col_mask.index_select(-1, self.col_of_in)
+
+    # ------------------------------------------------------------ likelihoods
+    def log_lik(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x_j | params) per column, (…, n_columns); leading dims broadcast.
+
+        Continuous: Gaussian density of the standardized value; binary: Bernoulli; categorical:
+        softmax. Cells missing in `x` give finite junk: multiply by a mask before summing.
+        """
+        lead = torch.broadcast_shapes(params.shape[:-1], x.shape[:-1])
+        params = params.expand(*lead, self.out_dim)
+        x = x.expand(*lead, self.in_dim)
+        pieces = []
+        if len(self.cont_cols):
+            mu = params.index_select(-1, self.cont_mu)
+            lv = soft_floor(params.index_select(-1, self.cont_lv), DECODER_MIN_LOG_VAR)
+            pieces.append(gaussian_log_prob(x.index_select(-1, self.cont_in), mu, lv))
+        if len(self.bin_cols):
+            logits = params.index_select(-1, self.bin_out)
+            pieces.append(-F.binary_cross_entropy_with_logits(logits, x.index_select(-1, self.bin_in),
+                                                              reduction="none"))
+        for _, in_sl, out_sl in self.categorical:
+            logp = F.log_softmax(params[..., out_sl], dim=-1)
+            pieces.append((logp * x[..., in_sl]).sum(-1, keepdim=True))
+        return torch.cat(pieces, dim=-1).index_select(-1, self._col_perm)
+
+    def sample(self, params: torch.Tensor, noise: bool = True) -> torch.Tensor:
+        """One draw per row from the decoder likelihood, encoded (…, in_dim).
+
+        Continuous: mean + sd·eps (`noise=False`: the mean). Binary: Bernoulli. Categorical:
+        Gumbel-max (an exact categorical draw, vectorized).
+        """
+        pieces = []
+        if len(self.cont_cols):
+            mu = params.index_select(-1, self.cont_mu)
+            if noise:
+                lv = soft_floor(params.index_select(-1, self.cont_lv), DECODER_MIN_LOG_VAR)
+                mu = mu + torch.exp(0.5 * lv) * torch.randn(mu.shape, dtype=mu.dtype)
+            pieces.append(mu)
+        if len(self.bin_cols):
+            p = torch.sigmoid(params.index_select(-1, self.bin_out))
+            pieces.append((torch.rand(p.shape, dtype=p.dtype) < p).to(params.dtype))
+        for _, in_sl, out_sl in self.categorical:
+            logits = params[..., out_sl]
+            u = torch.rand(logits.shape, dtype=logits.dtype).clamp_min(1e-12)
+            idx = torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
+            pieces.append(F.one_hot(idx, in_sl.stop - in_sl.start).to(params.dtype))
+        return torch.cat(pieces, dim=-1).index_select(-1, self._in_perm)
+
+
+# ------------------------------------------------------------------ generator base
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class TorchGenerator(Generator):
+    """Base of the VAE family: fit loop, generation, scoring and (de)serialisation.
+
+    Subclasses set `model_type`, call `super().__init__(**their hyper-parameters)` and implement
+    `_build_nets`, `_loss`, `_prior_latent`, `_conditional_latent` and `_decode_params`.
+    Learned state: `codec_` (standardization), `nets_` (an nn.ModuleDict), `history_`
+    (mean training loss per epoch).
+    """
+
+    model_type: ClassVar[str] = ""
+
+    def __init__(self, *, latent_dim: int, hidden: Sequence[int], epochs: int, batch_size: int, lr: float,
+                 seed: int, mask_rate: float | None, sample_noise: bool, **extra: Any):
+        hidden = [_positive_int("hidden sizes", h) for h in hidden]
+        if mask_rate is not None and not 0.0 <= float(mask_rate) < 1.0:
+            raise ValueError(f"mask_rate must be None or in [0, 1), got {mask_rate!r}")
+        if not float(lr) > 0:
+            raise ValueError(f"lr must be positive, got {lr!r}")
+        super().__init__(latent_dim=_positive_int("latent_dim", latent_dim), hidden=hidden,
+                         epochs=_positive_int("epochs", epochs), batch_size=_positive_int("batch_size", batch_size),
+                         lr=float(lr), seed=int(seed), mask_rate=None if mask_rate is None else float(mask_rate),
+                         sample_noise=bool(sample_noise), **extra)
+        for k, v in self.hyperparameters.items():
+            setattr(self, k, v)
+        self.hidden = tuple(self.hidden)
+        self.codec_: MixedCodec | None = None
+        self.nets_: nn.ModuleDict | None = None
+        self.history_: list[float] = []
+
+    # ---------------------------------------------------------- for subclasses
+    @abstractmethod
+    def _build_nets(self) -> dict[str, nn.Module]:
+        """Fresh networks for `self.codec_`'s dimensions (same names and shapes every time)."""
+
+    @abstractmethod
+    def _loss(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Mean training loss of one batch (x encoded with 0 in missing cells, present per column)."""
+
+    @abstractmethod
+    def _prior_latent(self, n: int) -> torch.Tensor:
+        """(n, latent_dim) draws of z for unconditional sampling."""
+
+    @abstractmethod
+    def _conditional_latent(self, x: torch.Tensor, observed: torch.Tensor, k: int) -> torch.Tensor:
+        """(k, n, latent_dim) draws of z given the observed cells (x is 0 where not observed)."""
+
+    @abstractmethod
+    def _decode_params(self, z: torch.Tensor, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """Decoder likelihood parameters (…, out_dim) for latent z (x/observed broadcast over z's lead dims)."""
+
+    # ------------------------------------------------------------------ helpers
+    def _observed_input(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """[x with non-observed slots zeroed, observed mask]: what a net may see of a row."""
+        m = observed.to(x.dtype)
+        return torch.cat([x * self.codec_.expand(m), m], dim=-1)
+
+    @staticmethod
+    def _torch_seed(rng: np.random.Generator) -> int:
+        return int(rng.integers(0, 2**63 - 1))
+
+    def _check_fitted(self) -> None:
+        super()._check_fitted()
+        if self.codec_ is None or self.nets_ is None:
+            raise ConditioningError(f"{type(self).__name__} is not fitted: call fit() or load a saved model")
+
+    # ---------------------------------------------------------------------- fit
+    def _fit(self, data: pd.DataFrame) -> None:
+        self.codec_ = MixedCodec.fit(self.schema_, data)
+        x_np, present_np = self.codec_.encode(data)
+        x, present = torch.from_numpy(x_np), torch.from_numpy(present_np)
+        n = len(x)
+        history: list[float] = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.nets_ = nn.ModuleDict(self._build_nets())
+            self.nets_.train()
+            params = list(self.nets_.parameters())
+            opt = torch.optim.Adam(params, lr=self.lr)
+            for epoch in range(self.epochs):
+                perm = torch.randperm(n)
+                total = 0.0
+                for start in range(0, n, self.batch_size):
+                    idx = perm[start:start + self.batch_size]
+                    loss = self._loss(x[idx], present[idx])
+                    if not torch.isfinite(loss):
+                        raise DataError(f"{type(self).__name__}: training loss became {loss.item()} in epoch "
+                                        f"{epoch + 1}; try a smaller lr")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+                    opt.step()
+                    total += float(loss.detach()) * len(idx)
+                history.append(total / n)
+        self.nets_.eval()
+        self.history_ = history
+
+    # --------------------------------------------------------------- generation
+    def _sample(self, n: int, rng: np.random.Generator, seed: int) -> pd.DataFrame:
+        codec = self.codec_
+        out = []
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self._torch_seed(rng))
+            for start in range(0, n, CHUNK):
+                m = min(CHUNK, n - start)
+                x0 = torch.zeros(m, codec.in_dim)
+                o0 = torch.zeros(m, codec.n_columns, dtype=torch.bool)
+                params = self._decode_params(self._prior_latent(m), x0, o0)
+                out.append(codec.sample(params, noise=self.sample_noise))
+        return codec.decode(torch.cat(out).numpy())
+
+    def _condition_rows(self, table: pd.DataFrame, observed: np.ndarray, rng: np.random.Generator,
+                        seed: int) -> pd.DataFrame:
+        """One z per row from the conditional latent, one draw from the decoder; observed slots kept."""
+        codec = self.codec_
+        x_np, present = codec.encode(table)
+        x = torch.from_numpy(x_np)
+        o = torch.from_numpy(np.asarray(observed, dtype=bool) & present)
+        out = []
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self._torch_seed(rng))
+            for start in range(0, len(x), CHUNK):
+                xb, ob = x[start:start + CHUNK], o[start:start + CHUNK]
+                xb = xb * codec.expand(ob.to(xb.dtype))
+                z = self._conditional_latent(xb, ob, 1)[0]
+                draw = codec.sample(self._decode_params(z, xb, ob), noise=self.sample_noise)
+                out.append(torch.where(codec.expand(ob), xb, draw))
+        return codec.decode(torch.cat(out).numpy())
+
+    # ------------------------------------------------------------------ scoring
+    def log_prob_unobserved(self, table: pd.DataFrame, observed_mask: np.ndarray | pd.DataFrame,
+                            num_samples: int = 20, seed: int = 0, include_discrete: bool = False) -> np.ndarray:
+        """Per-row Monte-Carlo estimate of log p(x_u | x_o) (estimator: see the module doc).
+
+        Continuous cells are scored in standardized units (no Jacobian), comparable with
+        `MultivariateGaussian.log_prob_unobserved`. `observed_mask` (n, n_columns, schema order,
+        or a DataFrame with the schema's columns) marks the cells conditioned on; the other cells
+        that hold a value are scored. Unobserved binary/categorical cells are marginalized out
+        unless `include_discrete` (then their log-probabilities are added). Rows with nothing to
+        score get 0.0. Deterministic for a fixed `seed`.
+        """
+        self._check_fitted()
+        num_samples = self._check_n(num_samples)
+        self._check_observed_names(table.columns)
+        table = table.reindex(columns=self.schema_.names).reset_index(drop=True)
+        if isinstance(observed_mask, pd.DataFrame):
+            self._check_observed_names(observed_mask.columns)
+            observed_mask = observed_mask.reindex(columns=self.schema_.names, fill_value=False).to_numpy()
+        observed_mask = np.asarray(observed_mask, dtype=bool)
+        if observed_mask.shape != table.shape:
+            raise ConditioningError(f"observed_mask has shape {observed_mask.shape}, table has {table.shape}")
+        self.schema_.validate(table, where="scored table")
+        codec = self.codec_
+        x_np, present = codec.encode(table)
+        scored = ~observed_mask & present
+        if not include_discrete:
+            scored &= codec.continuous_cols[None, :]
+        x = torch.from_numpy(x_np)
+        o = torch.from_numpy(observed_mask & present)
+        s = torch.from_numpy(scored).to(x.dtype)
+        out = []
+        chunk = max(1, CHUNK * 4 // num_samples)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self._torch_seed(np.random.default_rng(seed)))
+            for start in range(0, len(x), chunk):
+                xb, ob, sb = x[start:start + chunk], o[start:start + chunk], s[start:start + chunk]
+                x_in = xb * codec.expand(ob.to(xb.dtype))
+                z = self._conditional_latent(x_in, ob, num_samples)           # (k, n, L)
+                params = self._decode_params(z, x_in, ob)                      # (k, n, out_dim)
+                ll = (codec.log_lik(params, xb) * sb).sum(-1)                  # (k, n)
+                out.append(torch.logsumexp(ll.double(), dim=0) - math.log(num_samples))
+        result = torch.cat(out).numpy() if out else np.zeros(0)
+        result[~scored.any(axis=1)] = 0.0
+        return result
+
+    # -------------------------------------------------------------------- state
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        tensors = {"codec.loc": self.codec_.loc.astype(np.float64), "codec.scale": self.codec_.scale.astype(np.float64)}
+        for key, value in self.nets_.state_dict().items():
+            tensors[f"nets.{key}"] = value.detach().cpu().numpy().copy()
+        state = {"history": [float(h) for h in self.history_],
+                 "architecture": {"in_dim": self.codec_.in_dim, "out_dim": self.codec_.out_dim,
+                                  "n_columns": self.codec_.n_columns,
+                                  "nets": {name: repr(net) for name, net in self.nets_.items()}}}
+        return tensors, state
+
+    def set_state(self, tensors: dict[str, np.ndarray], state: dict) -> None:
+        for key in ("codec.loc", "codec.scale"):
+            if key not in tensors:
+                raise ModelFileError(f"saved state: tensor {key!r} is missing")
+        self.codec_ = MixedCodec(self.schema_, tensors["codec.loc"], tensors["codec.scale"])
+        with torch.random.fork_rng(devices=[]):  # building nets draws initial weights: keep the caller's RNG
+            nets = nn.ModuleDict(self._build_nets())
+        arch = state.get("architecture", {}) if isinstance(state, dict) else {}
+        want = {"in_dim": self.codec_.in_dim, "out_dim": self.codec_.out_dim, "n_columns": self.codec_.n_columns}
+        if any(arch.get(k) != v for k, v in want.items()):
+            raise ModelFileError(f"saved architecture {({k: arch.get(k) for k in want})} does not match the schema "
+                                 f"and hyper-parameters ({want})")
+        weights = {k[len("nets."):]: torch.from_numpy(np.array(v, dtype=np.float32))
+                   for k, v in tensors.items() if k.startswith("nets.")}
+        expected = nets.state_dict()
+        if set(weights) != set(expected):
+            missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+            raise ModelFileError(f"saved weights do not fit the network: missing {missing[:5]}, unexpected {extra[:5]}")
+        for k, v in expected.items():
+            if tuple(weights[k].shape) != tuple(v.shape):
+                raise ModelFileError(f"saved weight {k!r} has shape {tuple(weights[k].shape)}, "
+                                     f"the network expects {tuple(v.shape)}")
+        nets.load_state_dict(weights, strict=True)
+        nets.eval()
+        self.nets_ = nets
+        self.history_ = [float(h) for h in state.get("history", [])]

@@ -1,0 +1,291 @@
+"""VAE family (vae / vaeac / pmvae): contract, calibration against closed-form Gaussian conditionals,
+conditional NLL, missing training cells, determinism and a latency smoke test.
+
+Nets are tiny and epochs few so the whole file runs in well under a minute on two shared cores.
+Torch is pinned to one intra-op thread while this module runs (and restored afterwards): with
+64-unit layers threading only adds synchronisation, and on a busy 2-core box two threads made a
+training step ~10x slower. Results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from synthehr.errors import ConditioningError
+from synthehr.models import (
+    Generator,
+    IndependentMarginals,
+    MultivariateGaussian,
+    check_generator,
+    load_model,
+    registered_models,
+)
+from synthehr.models.conditional import VAE, VAEAC, PosteriorMatchingVAE
+from synthehr.models.training import make_generator
+
+from .conftest import make_mixed_table, with_holes
+
+MODELS = [VAE, VAEAC, PosteriorMatchingVAE]
+CONDITIONAL_MODELS = [VAEAC, PosteriorMatchingVAE]
+TINY = dict(hidden=(32,), latent_dim=4, epochs=3, batch_size=64)
+SMALL = dict(hidden=(64, 64), latent_dim=4, epochs=30, batch_size=256, lr=2e-3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ registry and contract
+def test_models_are_registered_under_their_names() -> None:
+    known = registered_models()
+    assert known["vae"] is VAE and known["vaeac"] is VAEAC and known["pmvae"] is PosteriorMatchingVAE
+    model = make_generator("pmvae", n_components=3, epochs=1)
+    assert isinstance(model, PosteriorMatchingVAE) and model.n_components == 3
+
+
+@pytest.mark.parametrize("holes", [False, True], ids=["complete", "with_nans"])
+@pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.model_type)
+def test_contract(cls: type[Generator], holes: bool, tmp_path: Path) -> None:
+    data = with_holes(make_mixed_table()) if holes else make_mixed_table()
+    assert len(check_generator(lambda: cls(**TINY), data, tmp_path=tmp_path)) == 9
+
+
+@pytest.mark.parametrize("bad", [dict(latent_dim=0), dict(hidden=(0,)), dict(epochs=0), dict(batch_size=-1),
+                                 dict(lr=0.0), dict(mask_rate=1.0), dict(latent_dim=2.5)])
+@pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.model_type)
+def test_bad_hyperparameters_are_refused(cls: type[Generator], bad: dict) -> None:
+    with pytest.raises(ValueError):
+        cls(**bad)
+
+
+def test_model_specific_hyperparameters_are_checked() -> None:
+    with pytest.raises(ValueError, match="n_components"):
+        PosteriorMatchingVAE(n_components=0)
+    with pytest.raises(ValueError, match="mask_augment"):
+        VAE(mask_augment=1.5)
+
+
+# ------------------------------------------------------------ Gaussian calibration set-up
+MU = np.array([2.0, -1.0, 0.5])
+SD = np.array([1.0, 2.0, 0.5])
+R = np.array([[1.0, 0.8, 0.5],
+              [0.8, 1.0, 0.6],
+              [0.5, 0.6, 1.0]])
+SIGMA = R * np.outer(SD, SD)
+NAMES = ["a", "b", "c"]
+X_A = MU[0] + 1.5 * SD[0]                        # condition on a, 1.5 sd above its mean
+K_GAIN = SIGMA[1:, 0] / SIGMA[0, 0]
+COND_MEAN = MU[1:] + K_GAIN * (X_A - MU[0])      # closed form: b moves 1.2 sd, c 0.75 sd
+COND_SD = np.sqrt(np.diag(SIGMA)[1:] - K_GAIN**2 * SIGMA[0, 0])  # 0.6 and 0.87 of the marginal sd
+TOL_SD = 0.25
+
+
+def gaussian_table(n: int, seed: int) -> pd.DataFrame:
+    return pd.DataFrame(np.random.default_rng(seed).multivariate_normal(MU, SIGMA, size=n), columns=NAMES)
+
+
+@pytest.fixture(scope="module")
+def gaussian_data() -> pd.DataFrame:
+    return gaussian_table(5000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(gaussian_data: pd.DataFrame) -> dict[str, Generator]:
+    """One fit per model on the Gaussian table, shared by the calibration and NLL tests."""
+    models: dict[str, Generator] = {cls.model_type: cls(**SMALL).fit(gaussian_data) for cls in MODELS}
+    models["independent"] = IndependentMarginals().fit(gaussian_data)
+    models["gaussian"] = MultivariateGaussian().fit(gaussian_data)
+    return models
+
+
+def calibration(model: Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(conditional mean − closed form, conditional sd) of b and c given a = X_A, in marginal sd."""
+    out = model.condition({"a": X_A}, n=4000, seed=3)
+    assert (out["a"] == X_A).all()
+    draws = out[["b", "c"]].to_numpy()
+    return (draws.mean(axis=0) - COND_MEAN) / SD[1:], draws.std(axis=0) / SD[1:]
+
+
+@pytest.mark.parametrize("name", ["vaeac", "pmvae"])
+def test_conditional_mean_moves_to_the_closed_form(fitted: dict[str, Generator], name: str) -> None:
+    err, sd = calibration(fitted[name])
+    assert np.all(np.abs(err) < TOL_SD), f"{name}: conditional mean off by {err} sd (tolerance {TOL_SD})"
+    moved = err + (COND_MEAN - MU[1:]) / SD[1:]  # distance from the marginal mean, in sd
+    assert np.all(moved > 0.5 * (COND_MEAN - MU[1:]) / SD[1:]), f"{name}: barely moved from the marginal: {moved}"
+    # the spread shrinks as it should: b's conditional sd is 0.6 of its marginal sd
+    assert 0.45 < sd[0] < 0.8, f"{name}: conditional sd of b is {sd[0]:.3f} marginal sd, closed form 0.6"
+
+
+def test_independent_marginals_fail_the_same_check(fitted: dict[str, Generator]) -> None:
+    """Negative control: a model without relations between features keeps the marginal mean."""
+    err, sd = calibration(fitted["independent"])
+    assert abs(err[0]) > 1.0 and abs(err[0]) > 4 * TOL_SD  # about 1.2 sd off
+    assert sd[0] > 0.9
+
+
+# ----------------------------------------------------------------------- conditional NLL
+def true_conditional_log_density(test: pd.DataFrame, scale: np.ndarray) -> np.ndarray:
+    """log p(b, c | a) of the generating Gaussian, in units standardized by `scale` (b, c)."""
+    mean = MU[1:] + np.outer(test["a"].to_numpy() - MU[0], K_GAIN)
+    cov = SIGMA[1:, 1:] - np.outer(K_GAIN, K_GAIN) * SIGMA[0, 0]
+    resid = test[["b", "c"]].to_numpy() - mean
+    return stats.multivariate_normal(np.zeros(2), cov).logpdf(resid) + np.log(scale).sum()
+
+
+def test_conditional_nll_ranks_the_models(fitted: dict[str, Generator], gaussian_data: pd.DataFrame) -> None:
+    test = gaussian_table(1000, seed=1)
+    mask = np.zeros(test.shape, dtype=bool)
+    mask[:, 0] = True  # given a, score b and c
+    scale = gaussian_data[["b", "c"]].std().to_numpy()
+    truth = -true_conditional_log_density(test, scale).mean()
+    marginal = -stats.norm.logpdf((test[["b", "c"]] - gaussian_data[["b", "c"]].mean()) / scale).sum(axis=1).mean()
+    nll = {name: -fitted[name].log_prob_unobserved(test, mask).mean() for name in ("gaussian", "vae", "vaeac", "pmvae")}
+    assert np.isfinite(truth) and all(np.isfinite(v) for v in nll.values()), nll
+    assert nll["gaussian"] == pytest.approx(truth, abs=0.05)  # same units as the exact model
+    for name in ("vaeac", "pmvae"):
+        assert abs(nll[name] - truth) < 0.15, (name, nll[name], truth)
+        assert nll[name] < marginal - 0.4, (name, nll[name], marginal)
+        # the paper's claim (Table III): arbitrary-conditioning training beats the masked-input VAE
+        assert nll[name] < nll["vae"], nll
+    assert nll["vae"] < marginal, nll
+
+
+def test_log_prob_estimator_grows_with_samples_and_honours_seed(fitted: dict[str, Generator]) -> None:
+    """log mean_k p(x_u|z_k) is biased low (Jensen); more samples can only raise it on average."""
+    model = fitted["pmvae"]
+    test = gaussian_table(500, seed=2)
+    mask = np.zeros(test.shape, dtype=bool)
+    mask[:, 0] = True
+    one = model.log_prob_unobserved(test, mask, num_samples=1, seed=0).mean()
+    many = model.log_prob_unobserved(test, mask, num_samples=100, seed=0).mean()
+    assert many > one
+    np.testing.assert_array_equal(model.log_prob_unobserved(test, mask, seed=4),
+                                  model.log_prob_unobserved(test, mask, seed=4))
+
+
+def test_log_prob_unobserved_masks_and_shapes() -> None:
+    model = VAEAC(**TINY).fit(make_mixed_table())
+    table = make_mixed_table(20, seed=3)
+    mask = pd.DataFrame(False, index=range(20), columns=table.columns)
+    mask["age"] = True
+    mask.loc[0, :] = True  # nothing left to score
+    lp = model.log_prob_unobserved(table, mask)
+    assert lp.shape == (20,) and np.isfinite(lp).all() and lp[0] == 0.0
+    # only continuous cells by default; discrete ones add their (negative) log-probabilities
+    with_discrete = model.log_prob_unobserved(table, mask, include_discrete=True)
+    assert np.all(with_discrete[1:] < lp[1:]) and with_discrete[0] == 0.0
+    with pytest.raises(ConditioningError):
+        model.log_prob_unobserved(table, np.ones((3, 6), dtype=bool))
+
+
+# --------------------------------------------------------------- missing training cells
+@pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.model_type)
+def test_missing_training_cells_never_reach_the_loss(cls: type[Generator]) -> None:
+    """The loss of a batch is the same whatever the NaN cells are encoded as: nets see the mask."""
+    data = with_holes(make_mixed_table(), rate=0.3)
+    model = cls(**TINY).fit(data)
+    x_np, present_np = model.codec_.encode(data)
+    x, present = torch.from_numpy(x_np), torch.from_numpy(present_np)
+    assert (~present).any()
+    garbage = torch.where(model.codec_.expand(present), x, torch.full_like(x, 1e3))
+    losses = []
+    for xb in (x, garbage):
+        torch.manual_seed(5)
+        with torch.no_grad():
+            losses.append(float(model._loss(xb, present)))
+    assert np.isfinite(losses[0]) and losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.model_type)
+def test_thirty_percent_missing_cells(cls: type[Generator]) -> None:
+    data = gaussian_table(5000, seed=0)
+    rng = np.random.default_rng(5)
+    holes = rng.random(data.shape) < 0.3
+    holes[holes.all(axis=1), 0] = False
+    model = cls(**SMALL).fit(data.mask(holes))
+    assert len(model.history_) == SMALL["epochs"] and np.isfinite(model.history_).all()
+    out = model.sample(2000, seed=0)
+    assert not out.isna().any().any()
+    # mean-filling would shrink each column's spread to about sqrt(0.7) = 0.84 of its sd
+    assert np.all(out.std().to_numpy() / SD > 0.9), out.std().to_numpy() / SD
+    if cls in CONDITIONAL_MODELS:
+        err, _ = calibration(model)
+        assert np.all(np.abs(err) < TOL_SD), err
+    imputed = model.impute(data.mask(holes).head(200), seed=0)
+    assert not imputed.isna().any().any()
+
+
+# --------------------------------------------------------------- mixed-type conditioning
+@pytest.mark.parametrize("cls", CONDITIONAL_MODELS, ids=lambda c: c.model_type)
+def test_categorical_and_binary_conditioning_move_correlated_features(cls: type[Generator]) -> None:
+    """stage is cut from sbp's latent, female from age's: conditioning on one must move the other."""
+    model = cls(**{**SMALL, "batch_size": 128}).fit(make_mixed_table(2000, seed=7))
+    low = model.condition({"stage": "I"}, 2000, seed=1)
+    high = model.condition({"stage": "III"}, 2000, seed=1)
+    assert (low["stage"] == "I").all() and (high["stage"] == "III").all()
+    assert high["sbp"].mean() - low["sbp"].mean() > 15.0  # closed form about 34 mmHg
+    old = model.condition({"age": 80.0}, 2000, seed=1)  # 1.67 sd above the mean age
+    assert old["female"].mean() > 0.75  # closed form 0.95; marginal 0.5
+
+
+# ---------------------------------------------------------------- determinism and state
+def test_training_is_deterministic_for_a_seed(mixed_table: pd.DataFrame) -> None:
+    a, _ = PosteriorMatchingVAE(**TINY, seed=3).fit(mixed_table).get_state()
+    b, _ = PosteriorMatchingVAE(**TINY, seed=3).fit(mixed_table).get_state()
+    c, _ = PosteriorMatchingVAE(**TINY, seed=4).fit(mixed_table).get_state()
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_fit_sample_and_load_leave_the_callers_torch_rng_alone(mixed_table: pd.DataFrame, tmp_path: Path) -> None:
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state().clone()
+    model = VAEAC(**TINY).fit(mixed_table)
+    model.sample(10, seed=1)
+    model.condition({"age": 50.0}, 5, seed=1)
+    loaded = load_model(model.save(tmp_path / "m"))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert isinstance(loaded, VAEAC) and loaded.hidden == (32,) and loaded.history_ == model.history_
+
+
+def test_pm_loss_trains_only_the_matching_network(mixed_table: pd.DataFrame) -> None:
+    """L_PM uses a detached z: its gradient reaches q_θ, never the VAE's encoder or decoder."""
+    model = PosteriorMatchingVAE(**TINY).fit(mixed_table)
+    x_np, present_np = model.codec_.encode(mixed_table)
+    x, present = torch.from_numpy(x_np), torch.from_numpy(present_np)
+    model.nets_.zero_grad(set_to_none=True)
+    mu, _ = model.nets_["encoder"](model._observed_input(x, present)).chunk(2, dim=-1)
+    observed = present & (torch.rand(present.shape) < 0.5)
+    model._matching_loss(mu, x, observed).mean().backward()
+    assert all(p.grad is None for name in ("encoder", "decoder") for p in model.nets_[name].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.nets_["matching"].parameters())
+
+
+# ------------------------------------------------------------------------- latency smoke
+def test_condition_latency_smoke() -> None:
+    """Default-size nets (latent 16, 256-256) on a 31-column grid-like table; printed, not a target."""
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame(rng.normal(size=(500, 30)), columns=[f"f{i}" for i in range(30)])
+    data["label"] = (rng.random(500) < 0.2).astype(np.int64)
+    observed = {"f0": 0.3, "f7": -1.0, "label": 1}
+    for cls in MODELS:
+        model = cls(epochs=1).fit(data)
+        model.condition(observed, n=100, seed=0)
+        times = []
+        for seed in range(10):
+            start = time.perf_counter()
+            model.condition(observed, n=100, seed=seed)
+            times.append(time.perf_counter() - start)
+        print(f"{cls.model_type}: condition(n=100) median {1000 * np.median(times):.1f} ms")
+        assert np.median(times) < 0.5  # sanity bound only
