@@ -72,12 +72,12 @@ def markdown_table(doc: dict) -> str:
              f"torch {doc['environment'].get('torch')}", ""]
     if df.empty:
         return "\n".join(lines + ["(no rows)"]) + "\n"
-    df["column"] = df["metric"] + df["split"].map(lambda s: f" [{s}]" if s else "")
-    table = df.pivot_table(index="model", columns="column", values="value", aggfunc="mean", sort=False)
-    header = "| model | " + " | ".join(table.columns) + " |"
-    lines += [header, "|" + "---|" * (len(table.columns) + 1)]
-    for model, r in table.iterrows():
-        lines.append(f"| {model} | " + " | ".join(_fmt(v) for v in r.to_numpy()) + " |")
+    # One row per metric (and split), one column per model: suites have few models, many metrics.
+    df["row"] = df["metric"] + df["split"].map(lambda s: f" [{s}]" if s else "")
+    table = df.pivot_table(index="row", columns="model", values="value", aggfunc="mean", sort=False, dropna=False)
+    lines += ["| metric | " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * (len(table.columns) + 1)]
+    for row, r in table.iterrows():
+        lines.append(f"| {row} | " + " | ".join(_fmt(v) for v in r.to_numpy()) + " |")
     for n in doc.get("notes", []):
         lines += ["", f"- {n}"]
     return "\n".join(lines) + "\n"
