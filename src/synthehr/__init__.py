@@ -10,7 +10,6 @@ _LAZY = {
     "load_prepared": ("synthehr.data", "load_prepared"),
     "load_model": ("synthehr.models.base", "load_model"),
     "train_model": ("synthehr.models.training", "train_model"),
-    "audit": ("synthehr.audit", "audit"),
     "audit_meds": ("synthehr.audit", "audit_meds"),
 }
 

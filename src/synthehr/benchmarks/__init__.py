@@ -7,4 +7,6 @@ defines `main(argv: list[str]) -> int` with its own argparse options.
 SUITES = {
     "prepare": "synthehr.benchmarks.prepare_speed",
     "tabular": "synthehr.benchmarks.tabular",
+    "audit": "synthehr.benchmarks.audit_suite",
+    "app": "synthehr.benchmarks.app_load",
 }
