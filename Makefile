@@ -11,7 +11,7 @@ DEMO   := demo-output
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench,app]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +23,10 @@ demo: install
 	$(BIN)/synthehr generate --model $(DEMO)/models/gaussian -n 2000 --seed 0 --out $(DEMO)/synthetic/gaussian.parquet
 	$(BIN)/synthehr evaluate --synthetic $(DEMO)/synthetic/gaussian.parquet --data $(DEMO)/prepared \
 		--out $(DEMO)/evaluation/gaussian
+	@echo
+	@echo "Clinician web app on the demo model:"
+	@echo "  $(BIN)/synthehr serve --model $(DEMO)/models/gaussian --data $(DEMO)/prepared"
+	@echo "  then open http://127.0.0.1:8000/"
 
 test: install
 	$(BIN)/python -m pytest -q
