@@ -101,6 +101,11 @@ class TableSchema:
             s = df[spec.name]
             if not allow_missing_values and s.isna().any():
                 problems.append(f"{where}: column {spec.name!r} has {int(s.isna().sum())} missing value(s)")
+            if spec.kind == "continuous" and pd.api.types.is_float_dtype(s.dtype):
+                # Fast path for the common case (already float): only infinities can be wrong.
+                if np.isinf(s.to_numpy()).any():
+                    problems.append(f"{where}: column {spec.name!r} has an infinite value")
+                continue
             if spec.kind in ("continuous", "binary"):
                 coerced = pd.to_numeric(s, errors="coerce")
                 bad = s[coerced.isna() & s.notna()]
