@@ -6,6 +6,7 @@ Each preparation runs in a fresh Python process so its peak RSS is its own.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -42,8 +43,6 @@ def cases(shared: Path) -> list[tuple[str, dict]]:
 
 def _rel(v: str) -> str:
     """Paths relative to the repository, so no machine's layout lands in committed results."""
-    import os
-
     return os.path.relpath(v, REPO) if isinstance(v, str) and os.path.isabs(v) else v
 
 
@@ -71,7 +70,8 @@ def run_prepare_benchmark(out_dir: Path, shared: Path | None = None, repeats: in
             print(f"{dataset} run {rep + 1}/{repeats}: {r['wall']:.1f} s, {input_rows / r['wall']:,.0f} rows/s, "
                   f"peak {r['rss_mb']:.0f} MB", flush=True)
         j, m = write_results("prepare", dataset, rows, out_dir,
-                             notes=[f"mean of {repeats} runs, each in a fresh process",
+                             notes=[f"mean of {repeats} runs, each in a fresh process; machine load average at the end: "
+                                    f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs inflate wall time)",
                                     f"inputs: { {k: _rel(v) for k, v in args.items()} }"])
         written += [j, m]
         print(f"  → {j}")
