@@ -93,6 +93,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     observed = _parse_conditions(args.condition)
+    if args.label is not None:
+        label = getattr(model, "label", None)
+        observed[label if isinstance(label, str) else "in_hospital_mortality"] = args.label
     from synthehr.constraints.cli import generate_from_args, report_lines
 
     out = generate_from_args(model, args, observed)
@@ -204,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-n", type=int, default=1000)
     gen.add_argument("--condition", action="append", metavar="FEATURE=VALUE",
                      help="fix a feature; the rest is generated given it (repeatable)")
+    gen.add_argument("--label", type=int, choices=[0, 1], help="outcome label to generate (e.g. 1 = died in hospital)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True, help=".parquet or .csv")
     from synthehr.constraints.cli import add_generate_options

@@ -7,6 +7,9 @@ defines `main(argv: list[str]) -> int` with its own argparse options.
 SUITES = {
     "prepare": "synthehr.benchmarks.prepare_speed",
     "tabular": "synthehr.benchmarks.tabular",
+    "flexgen": "synthehr.benchmarks.flexgen_suite",
     "audit": "synthehr.benchmarks.audit_suite",
     "app": "synthehr.benchmarks.app_load",
+    "trajectory": "synthehr.benchmarks.trajectory_suite",
+    "intergenehr": "synthehr.benchmarks.intergenehr_suite",
 }

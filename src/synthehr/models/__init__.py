@@ -19,3 +19,4 @@ __all__ = [
 ]
 
 import synthehr.models.conditional  # noqa: F401
+import synthehr.models.latent_diffusion  # noqa: F401

@@ -52,9 +52,13 @@ def train_model(model: str, data, out: str | Path | None = None, *, split: str =
     from synthehr.data import load_prepared
 
     prepared = load_prepared(data) if isinstance(data, (str, Path)) else data
-    schema = schema_for(prepared, with_label=with_label)
-    table = prepared.feature_table(split, with_label=with_label)
     gen = make_generator(model, **hyperparameters)
+    if hasattr(type(gen), "training_table"):
+        # Models over whole stays (e.g. flexgen) build their own table from the prepared views.
+        table, schema = type(gen).training_table(prepared, split)
+    else:
+        schema = schema_for(prepared, with_label=with_label)
+        table = prepared.feature_table(split, with_label=with_label)
     t0 = time.perf_counter()
     gen.fit(table, schema)
     fit_seconds = time.perf_counter() - t0
