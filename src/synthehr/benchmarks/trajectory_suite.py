@@ -1,0 +1,359 @@
+"""`synthehr benchmark trajectory`: whole-patient trajectory generator on real MEDS data, and at scale.
+
+Default (`--dataset mimic-iv-demo`): train on the demo's train split (80 patients), generate, and compare
+with the real training patients and the held-out patients (tuning + held_out, 20): event-probability
+R2 / mean bias (real-vs-real floor beside it), code co-occurrence, sequence lengths, inter-event times,
+TSTR in-hospital mortality from the first stay, membership inference and distances to closest records,
+structural validity and the probability mass the grammar mask removed.  Real codes are compared as the
+vocabulary sees them (codes below the frequency cutoff → their prefix's OTHER token) — `*_raw` rows
+compare raw codes.  `--dataset physionet2012` prepares PhysioNet 2012 set-a as MEDS first.
+
+`--scale`: a corpus shaped like full MIMIC-IV (32k codes, heavy-tailed records), streamed from disk, at
+each of `--sizes` patients; every size runs in a fresh process so its peak RSS is its own: training
+tokens/s (fixed number of steps), generated patients/min, peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from synthehr.benchmarks.results import make_row, write_results
+
+REPO = Path(__file__).resolve().parents[3]
+SUITE = "trajectory"
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _read_split(root: Path, splits: list[str]) -> pl.DataFrame:
+    from synthehr.models.trajectory.tokenizer import normalize_events
+
+    frames = []
+    for s in splits:
+        for f in sorted((root / "data" / s).glob("*.parquet")):
+            cols = [c for c in ("subject_id", "time", "code", "numeric_value", "race") if c in pl.read_parquet_schema(f)]
+            frames.append(normalize_events(pl.read_parquet(f, columns=cols)))
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def _meds_root(args, work: Path) -> tuple[Path, str]:
+    if args.dataset == "mimic-iv-demo":
+        return REPO / "data" / "demo" / "mimic-iv-demo-meds", "mimic-iv-demo"
+    if args.dataset == "physionet2012":
+        from synthehr.data import prepare
+
+        src = Path(args.physionet or REPO.parent / "shared" / "data" / "physionet-challenge-2012" / "set-a.tar.gz")
+        out = work / "physionet2012-prepared"
+        if not (out / "events" / "data" / "train").is_dir():
+            prepare("physionet2012", src, out, progress=False)
+        return out / "events", "physionet2012-set-a"
+    if not args.meds:
+        raise SystemExit("--dataset meds needs --meds MEDS_ROOT")
+    return Path(args.meds), Path(args.meds).name
+
+
+def run_dataset(args) -> list[Path]:
+    from synthehr.models.trajectory import TrajectoryGenerator, Tokenizer, check_records
+    from synthehr.models.trajectory import metrics as M
+    from synthehr.evaluation.events import event_probability_bias_r2
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="synthehr-traj-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    root, dataset = _meds_root(args, work)
+    hp = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "context": args.context,
+          "epochs": args.epochs, "max_seconds": args.max_seconds, "batch_rows": args.batch_rows, "lr": args.lr,
+          "min_subjects": args.min_subjects, "threads": args.threads, "seed": args.seed, "max_len": args.max_len}
+    t0 = time.perf_counter()
+    if args.model_dir:  # reuse a model this suite trained and saved before (its fit_seconds are reported)
+        gen = TrajectoryGenerator.load(args.model_dir)
+        fit_s = float(gen.info_.get("fit_seconds", float("nan")))
+    else:
+        gen = TrajectoryGenerator(**{k: v for k, v in hp.items() if v is not None})
+        gen.fit(root, split="train", progress=lambda m: print(f"  {m}", flush=True))
+        fit_s = time.perf_counter() - t0
+        gen.info_["fit_seconds"] = fit_s
+        gen.save(work / "model")
+    info = gen.info_
+    print(f"fit {fit_s:.0f} s; vocabulary {info['vocab']['vocab_size']:,}; final train NLL "
+          f"{info['train']['final_train_nll']:.3f}", flush=True)
+
+    train_real = _read_split(root, ["train"])
+    held_real = _read_split(root, ["tuning", "held_out"])
+    held_nll = gen.nll(held_real)
+    print(f"held-out NLL {held_nll:.3f} nats/token", flush=True)
+    ablation = None
+    if args.ablate_hierarchy:
+        abl = TrajectoryGenerator(**{**{k: v for k, v in hp.items() if v is not None}, "hierarchy": False})
+        abl.fit(root, split="train")
+        ablation = {"train": abl.info_["train"]["final_train_nll"], "held_out": abl.nll(held_real),
+                    "steps": abl.info_["train"]["steps"]}
+        print(f"without hierarchy: held-out NLL {ablation['held_out']:.3f}", flush=True)
+    n_syn = args.n_synthetic or int(train_real["subject_id"].n_unique())
+    syn_dir = work / "synthetic"
+    t1 = time.perf_counter()
+    sinfo = gen.sample_to_meds(syn_dir, n_syn, seed=args.seed, batch_size=args.batch_size, max_len=args.max_len,
+                               progress=lambda m: print(f"  {m}", flush=True))
+    gen_s = time.perf_counter() - t1
+    synth = _read_split(syn_dir, ["train"])
+    print(f"generated {n_syn} patients in {gen_s:.0f} s ({sinfo['records_per_minute']:.0f}/min)", flush=True)
+
+    tok = Tokenizer(gen.vocab_)
+    tr_m, ho_m = tok.map_codes(train_real), tok.map_codes(held_real)
+    rows: list[dict] = []
+    T, R = "trajectory", "real"
+
+    def add(model, metric, value, split="", **extra):
+        rows.append(make_row(model, metric, value, split=split, seed=args.seed, **extra))
+
+    # event probabilities (vocabulary codes) and the real-vs-real floor
+    floor = event_probability_bias_r2(tr_m, ho_m)
+    for split, real in (("train", tr_m), ("held_out", ho_m)):
+        e = event_probability_bias_r2(real, synth)
+        add(T, "event_prob_r2", e["r2"], split)
+        add(T, "event_prob_r2_floor", floor["r2"], split)
+        add(T, "event_prob_mean_bias", e["mean_bias"], split)
+        add(T, "event_prob_mean_abs_bias", e["mean_abs_bias"], split)
+    add(R, "event_prob_r2", floor["r2"], "held_out")
+    add(R, "event_prob_mean_bias", floor["mean_bias"], "held_out")
+    add(R, "event_prob_mean_abs_bias", floor["mean_abs_bias"], "held_out")
+    floor_raw = event_probability_bias_r2(train_real, held_real)
+    for split, real in (("train", train_real), ("held_out", held_real)):
+        e = event_probability_bias_r2(real, synth)
+        add(T, "event_prob_r2_raw", e["r2"], split)
+        add(T, "event_prob_mean_bias_raw", e["mean_bias"], split)
+    add(R, "event_prob_r2_raw", floor_raw["r2"], "held_out")
+    add(R, "event_prob_mean_bias_raw", floor_raw["mean_bias"], "held_out")
+    # co-occurrence, lengths, gaps
+    codes50 = M.top_codes(tr_m, 50)
+    for split, real in (("train", tr_m), ("held_out", ho_m)):
+        add(T, "cooccurrence_corr", M.cooccurrence(real, synth, codes=codes50)["corr"], split)
+    add(R, "cooccurrence_corr", M.cooccurrence(ho_m, tr_m, codes=codes50)["corr"], "held_out")
+    ev_syn = M.event_metrics(ho_m, synth)
+    ev_floor = M.event_metrics(ho_m, tr_m)
+    for model, ev in ((T, ev_syn), (R, ev_floor)):
+        add(model, "seq_length_ks", ev["sequence_length"]["ks"], "held_out")
+        add(model, "seq_length_median", ev["sequence_length"]["synthetic_median"], "held_out")
+        add(model, "inter_event_ks", ev["inter_event_time"]["ks"], "held_out")
+    add(R, "seq_length_median", ev_syn["sequence_length"]["real_median"], "real_held_out")
+    # utility: in-hospital mortality of the first stay (first 48 h)
+    codes100 = M.top_codes(tr_m, 100)
+    stay = "HOSPITAL_ADMISSION" if tr_m["code"].str.starts_with("HOSPITAL_ADMISSION").any() else "ICU_ADMISSION"
+    tstr = M.tstr_mortality(synth, ho_m, codes100, stay_prefix=stay, seed=args.seed)
+    trtr = M.tstr_mortality(tr_m, ho_m, codes100, stay_prefix=stay, seed=args.seed)
+    add(T, "tstr_auroc", tstr["auroc"], "held_out", n_test=tstr["n_test"], pos_test=tstr["pos_test"])
+    add(R, "tstr_auroc", trtr["auroc"], "held_out", n_test=trtr["n_test"], pos_test=trtr["pos_test"])
+    rtstr = M.tstr_mortality(synth, ho_m, codes100, stay_prefix=stay, seed=args.seed, label="readmission")
+    rtrtr = M.tstr_mortality(tr_m, ho_m, codes100, stay_prefix=stay, seed=args.seed, label="readmission")
+    add(T, "tstr_readmission_auroc", rtstr["auroc"], "held_out", n_test=rtstr["n_test"], pos_test=rtstr["pos_test"])
+    add(R, "tstr_readmission_auroc", rtrtr["auroc"], "held_out", n_test=rtrtr["n_test"], pos_test=rtrtr["pos_test"])
+    # privacy
+    pv = M.privacy(tr_m, ho_m, synth, seed=args.seed)
+    add(T, "mia_auc", pv["mia"]["auc"], "", n_members=pv["mia"]["n_members"])
+    add(T, "mia_f1", pv["mia"]["f1"])
+    add(T, "dcr_median", pv["dcr"]["synthetic"]["median"])
+    add(R, "dcr_median", pv["dcr"]["holdout"]["median"], "held_out")
+    add(T, "dcr_exact_copy_share", pv["dcr"]["synthetic"]["exact_copy_share"])
+    # structure, sampling, cost
+    v = check_records(synth, value_codes=gen.vocab_.value_codes(), icu_in_hospital=gen.vocab_.icu_in_hospital)
+    add(T, "structural_validity", v["valid"].mean())
+    rv = check_records(train_real, icu_in_hospital=gen.vocab_.icu_in_hospital)
+    add(R, "structural_validity", rv["valid"].mean(), "train")
+    add(T, "mask_removed_mass_mean", sinfo["mask_removed_mass_mean"])
+    add(T, "mask_removed_mass_max", sinfo["mask_removed_mass_max"])
+    add(T, "closed_by_length_cap_share", sinfo["closed_by_length_cap"] / n_syn)
+    add(T, "patients_per_minute", sinfo["records_per_minute"])
+    add(T, "generated_tokens_per_second", sinfo["sampled_tokens"] / max(sinfo["seconds"], 1e-9))
+    add(T, "train_tokens_per_second", info["train"]["tokens_per_second"])
+    add(T, "train_steps", info["train"]["steps"])
+    add(T, "nll", info["train"]["final_train_nll"], "train")
+    add(T, "nll", held_nll, "held_out")
+    if ablation:
+        add("trajectory-no-hierarchy", "nll", ablation["train"], "train")
+        add("trajectory-no-hierarchy", "nll", ablation["held_out"], "held_out")
+        add("trajectory-no-hierarchy", "train_steps", ablation["steps"])
+    add(T, "fit_seconds", fit_s)
+    add(T, "vocab_size", info["vocab"]["vocab_size"])
+    add(T, "n_synthetic", n_syn)
+    add(T, "peak_rss_mb", _rss_mb())
+    reasons = rv.filter(~pl.col("valid")).group_by("reason").len().sort("len", descending=True)
+    notes = [
+        f"model: {json.dumps({k: gen.hyperparameters[k] for k in ('d_model', 'n_layers', 'n_heads', 'context', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'threads')})}",
+        f"vocabulary {info['vocab']['vocab_size']:,} tokens: {info['vocab']['n_codes_kept']:,} of "
+        f"{info['vocab']['n_codes_seen']:,} codes kept (seen in >= {info['vocab']['min_subjects']} training "
+        f"subjects, {100 * info['vocab']['event_coverage']:.1f}% of events), {info['vocab']['n_value_codes']:,} "
+        f"codes with value bins, {info['vocab']['n_hierarchy_nodes']:,} hierarchy nodes",
+        f"training records: {info['n_subjects']} patients, {info['n_tokens']:,} tokens (median "
+        f"{info['record_tokens']['median']:.0f}, max {info['record_tokens']['max']:,} per patient); "
+        f"generation cap {args.max_len or info['max_len']:,} tokens",
+        f"held_out = tuning + held_out splits ({held_real['subject_id'].n_unique()} patients); "
+        f"{n_syn} synthetic patients; event_prob_* compare codes as the vocabulary sees them (rare → OTHER); *_raw: raw codes",
+        f"event_prob_r2_floor = real train vs real held-out (the real-vs-real floor), beside every R2",
+        f"canonicalisation repairs of real training records: {info['repairs']}",
+        f"real records failing the structural check before repair: "
+        f"{', '.join(f'{r} {n}' for r, n in reasons.iter_rows()) or 'none'}",
+        f"TSTR: logistic regression, in-hospital death of the first {stay.split('_')[0].lower()} stay from its "
+        f"first 48 h (top-100 codes + age + sex); test n={tstr['n_test']} ({tstr['pos_test']} deaths); "
+        f"trained on synthetic n={tstr['n_train']} ({tstr['pos_train']} deaths), real n={trtr['n_train']} "
+        f"({trtr['pos_train']} deaths)",
+        f"TSTR readmission (another stay within 30 days of the first one's discharge, same features): test "
+        f"n={rtstr['n_test']} ({rtstr['pos_test']} readmitted); synthetic n={rtstr['n_train']} ({rtstr['pos_train']}), "
+        f"real n={rtrtr['n_train']} ({rtrtr['pos_train']})",
+        f"MIA: distance attack on per-patient profiles (top-100 codes, log events, age, sex), "
+        f"{pv['mia']['n_members']} members vs as many held-out patients",
+        f"sampling: temperature 1, top_p 1 (no truncation), grammar mask on; "
+        f"mask removed {100 * sinfo['mask_removed_mass_mean']:.2f}% of the probability mass per sampled token "
+        f"on average (max {100 * sinfo['mask_removed_mass_max']:.1f}%)",
+        f"CPU threads: torch {gen.hyperparameters.get('threads') or 'default'}; shared machine, timings are indicative",
+    ]
+    out = write_results(SUITE, dataset, rows, args.out, notes=notes)
+    (work / "fit_info.json").write_text(json.dumps(info, indent=2, default=str))
+    print(f"  → {out[0]}\n  → {out[1]}")
+    return list(out)
+
+
+# ---------------------------------------------------------------------------- scale
+
+_CHILD = r"""
+import json, resource, sys, time, torch
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+from synthehr.models.trajectory import TrajectoryGenerator
+g = TrajectoryGenerator(d_model=args["d_model"], n_layers=args["n_layers"], n_heads=args["n_heads"],
+                        context=args["context"], max_steps=args["steps"], batch_rows=args["batch_rows"],
+                        epochs=1000, threads=args["threads"], max_len=args["max_len"], min_subjects=2)
+t0 = time.perf_counter()
+g.fit(args["corpus"], work_dir=args["work"])
+fit = time.perf_counter() - t0
+rss_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+s = g.sample_to_meds(args["out"], args["n_generate"], seed=0, batch_size=args["batch_size"])
+print(json.dumps({"fit_seconds": fit, "info": g.info_, "sample": s, "rss_fit_mb": rss_fit,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, default=str))
+"""
+
+
+def run_scale(args) -> list[Path]:
+    from synthehr.models.trajectory.synthetic import write_mimic_like_corpus
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = Path(args.work or tempfile.mkdtemp(prefix="synthehr-traj-scale-"))
+    full = work / f"corpus-{max(sizes)}"
+    shard = args.shard_size
+    if not (full / "metadata" / "dataset.json").is_file():
+        t0 = time.perf_counter()
+        cinfo = write_mimic_like_corpus(full, max(sizes), n_codes=args.n_codes, shard_size=shard, seed=0)
+        print(f"corpus of {max(sizes):,} patients written in {time.perf_counter() - t0:.0f} s: {cinfo}", flush=True)
+    cinfo = json.loads((full / "metadata" / "dataset.json").read_text())
+    rows: list[dict] = []
+    for n in sizes:
+        if n % shard:
+            raise SystemExit(f"--sizes must be multiples of --shard-size {shard}")
+        root = work / f"corpus-view-{n}"
+        (root / "data" / "train").mkdir(parents=True, exist_ok=True)
+        (root / "metadata").mkdir(exist_ok=True)
+        for k in range(n // shard):
+            link = root / "data" / "train" / f"{k}.parquet"
+            if not link.exists():
+                link.symlink_to(full / "data" / "train" / f"{k}.parquet")
+        child_args = {"corpus": str(root), "work": str(work), "out": str(work / f"synthetic-{n}"), "threads": args.threads,
+                      "d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads,
+                      "context": args.context, "steps": args.scale_steps, "batch_rows": args.batch_rows,
+                      "n_generate": args.scale_generate, "batch_size": args.batch_size, "max_len": args.max_len or 4096}
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(child_args)], capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        if res.returncode != 0:
+            raise RuntimeError(f"scale run at {n} patients failed:\n{res.stderr[-3000:]}")
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        info, s = r["info"], r["sample"]
+        split = f"{n}"
+        rows += [make_row(SUITE, "train_tokens_per_second", info["train"]["tokens_per_second"], split),
+                 make_row(SUITE, "patients_per_minute", s["records_per_minute"], split),
+                 make_row(SUITE, "generated_tokens_per_second", s["sampled_tokens"] / max(s["seconds"], 1e-9), split),
+                 make_row(SUITE, "peak_rss_mb", r["rss_mb"], split),
+                 make_row(SUITE, "peak_rss_fit_mb", r["rss_fit_mb"], split),
+                 make_row(SUITE, "vocab_size", info["vocab"]["vocab_size"], split),
+                 make_row(SUITE, "tokenize_seconds", info["seconds"]["tokenize"], split),
+                 make_row(SUITE, "vocabulary_seconds", info["seconds"]["vocabulary"], split),
+                 make_row(SUITE, "training_tokens", info["n_tokens"], split),
+                 make_row(SUITE, "structural_validity", _validity(work / f"synthetic-{n}"), split),
+                 make_row(SUITE, "mask_removed_mass_mean", s["mask_removed_mass_mean"], split),
+                 make_row(SUITE, "mean_generated_tokens", s["mean_tokens_per_record"], split)]
+        print(f"{n:,} patients: fit {r['fit_seconds']:.0f} s ({info['train']['tokens_per_second']:,.0f} train tok/s), "
+              f"{s['records_per_minute']:,.0f} patients/min, peak RSS {r['rss_mb']:,.0f} MB "
+              f"(wall {time.perf_counter() - t0:.0f} s)", flush=True)
+    notes = [f"corpus: synthetic, shaped like MIMIC-IV (synthehr.models.trajectory.synthetic.write_mimic_like_corpus): "
+             f"{cinfo['codes']:,} distinct codes, events per patient {json.dumps(cinfo['events_per_patient'])}; "
+             f"shards of {shard:,} patients read one at a time",
+             f"split = number of patients; each size in a fresh process (peak RSS its own): vocabulary pass + "
+             f"tokenisation to an on-disk store over all patients, {args.scale_steps} training steps "
+             f"({args.batch_rows} rows x {args.context} tokens), then {args.scale_generate:,} patients generated "
+             f"(batch {args.batch_size}, cap {args.max_len or 4096} tokens) streamed to MEDS shards",
+             f"model: d_model {args.d_model}, {args.n_layers} layers, {args.n_heads} heads, context {args.context}; "
+             f"torch threads {args.threads}; shared 2-core CPU, timings are indicative",
+             "the scale model is trained for a fixed number of steps only: these rows measure cost, not fidelity"]
+    return list(write_results(SUITE, "mimic-iv-shaped-scale", rows, args.out, notes=notes))
+
+
+def _validity(syn_dir: Path) -> float:
+    from synthehr.models.trajectory import validity_rate
+
+    files = sorted((syn_dir / "data" / "train").glob("*.parquet"))
+    return float(np.mean([validity_rate(pl.read_parquet(f)) for f in files])) if files else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="synthehr benchmark trajectory", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="mimic-iv-demo", choices=["mimic-iv-demo", "physionet2012", "meds"])
+    ap.add_argument("--meds", help="MEDS root for --dataset meds")
+    ap.add_argument("--physionet", help="PhysioNet 2012 set-a.tar.gz (default: the shared copy)")
+    ap.add_argument("--scale", action="store_true", help="run the scale benchmark instead")
+    ap.add_argument("--sizes", default="10000,50000,200000")
+    ap.add_argument("--shard-size", type=int, default=10000)
+    ap.add_argument("--n-codes", type=int, default=32000)
+    ap.add_argument("--scale-steps", type=int, default=200)
+    ap.add_argument("--scale-generate", type=int, default=2000)
+    ap.add_argument("--n-synthetic", type=int, help="patients to generate (default: as many as trained on)")
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--n-layers", type=int, default=4)
+    ap.add_argument("--n-heads", type=int, default=4)
+    ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--epochs", type=float, default=3.0)
+    ap.add_argument("--max-seconds", type=float, help="training time budget")
+    ap.add_argument("--batch-rows", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=64, help="records sampled in parallel")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--min-subjects", type=int, default=2)
+    ap.add_argument("--max-len", type=int, help="token cap per generated record")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ablate-hierarchy", action="store_true",
+                    help="also train without hierarchy tying (same budget) and report its NLL")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model-dir", help="reuse a saved trajectory model instead of training one")
+    ap.add_argument("--work", help="folder for models, corpora and synthetic data (default: a temp folder)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    paths = run_scale(args) if args.scale else run_dataset(args)
+    for p in paths:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,456 @@
+"""TrajectoryGenerator: whole-patient MEDS trajectories — fit / sample / condition / save / load.
+
+Not a tabular `Generator` (its data are event streams, not one row per record), but it keeps the same
+verbs and the same file safety: a saved model is a folder with config.json (hyper-parameters,
+vocabulary, training summary, synthehr version), weights.safetensors (no pickle) and manifest.json
+(sha256 of both), all validated before anything is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors.numpy import load_file, save_file
+
+from synthehr.errors import ConditioningError, DataError, ModelFileError
+from synthehr.models.base import FORMAT_VERSION, _json_default, _sha256
+from synthehr.models.trajectory.data import TokenStore, evaluate_loss, train
+from synthehr.models.trajectory.grammar import Grammar
+from synthehr.models.trajectory.model import TrajectoryTransformer
+from synthehr.models.trajectory.sampler import SampleStats, generate
+from synthehr.models.trajectory.tokenizer import PREFIX_LEN, Encoded, Tokenizer, normalize_events
+from synthehr.models.trajectory.vocab import AGE_BUCKETS, Cat, Vocabulary, build_vocabulary
+
+MODEL_TYPE = "trajectory"
+DEFAULTS: dict[str, Any] = {
+    # vocabulary
+    "min_subjects": 2, "max_codes": None, "n_value_bins": 10,
+    # network
+    "d_model": 128, "n_layers": 4, "n_heads": 4, "context": 256, "dropout": 0.0, "hierarchy": True,
+    # training
+    "epochs": 2.0, "batch_rows": 16, "lr": 2e-3, "max_steps": None, "max_seconds": None, "seed": 0,
+    # sampling
+    "max_len": None,      # token cap per generated record; default: the longest training record
+    "threads": None,      # torch CPU threads (default: torch's own)
+}
+_INT_PARAMS = {"min_subjects", "max_codes", "n_value_bins", "d_model", "n_layers", "n_heads", "context", "batch_rows",
+               "max_steps", "seed", "max_len", "threads"}
+BIRTH_WINDOW = (np.datetime64("2050-01-01", "us"), np.datetime64("2150-01-01", "us"))
+
+
+def meds_shards(data, split: str = "train", shard_subjects: int = 20000) -> Iterator[pl.DataFrame]:
+    """MEDS root folder (its data/<split>/*.parquet, one shard at a time) or an events table."""
+    if isinstance(data, (str, Path)):
+        root = Path(data)
+        d = root / "data" / split
+        files = sorted(d.glob("*.parquet")) if d.is_dir() else []
+        if not files:
+            have = sorted(p.name for p in (root / "data").iterdir() if p.is_dir()) if (root / "data").is_dir() else []
+            raise DataError(f"no data/{split}/*.parquet shards (splits found: {have or 'none'})", file=str(root))
+        for f in files:
+            cols = pl.read_parquet_schema(f)
+            want = [c for c in ("subject_id", "time", "code", "numeric_value", "race") if c in cols]
+            yield normalize_events(pl.read_parquet(f, columns=want))
+        return
+    ev = normalize_events(data)
+    ids = ev["subject_id"].unique(maintain_order=True)
+    for k in range(0, len(ids), shard_subjects):
+        part = ids[k: k + shard_subjects]
+        yield ev.filter(pl.col("subject_id").is_in(part)) if len(ids) > shard_subjects else ev
+
+
+def codes_metadata_of(data) -> pl.DataFrame | None:
+    if isinstance(data, (str, Path)):
+        p = Path(data) / "metadata" / "codes.parquet"
+        if p.is_file():
+            return pl.read_parquet(p)
+    return None
+
+
+class TrajectoryGenerator:
+    model_type = MODEL_TYPE
+
+    def __init__(self, **hyperparameters: Any):
+        unknown = sorted(set(hyperparameters) - set(DEFAULTS))
+        if unknown:
+            raise ConditioningError(f"unknown hyper-parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
+        hp = {**DEFAULTS, **hyperparameters}
+        for k in _INT_PARAMS:
+            if hp[k] is not None:
+                hp[k] = int(hp[k])
+        hp["hierarchy"] = bool(hp["hierarchy"]) if not isinstance(hp["hierarchy"], str) else hp["hierarchy"].lower() in ("1", "true", "yes")
+        if hp["context"] <= PREFIX_LEN + 8:
+            raise ConditioningError(f"context must exceed {PREFIX_LEN + 8} tokens, got {hp['context']}")
+        self.hyperparameters = hp
+        self.vocab_: Vocabulary | None = None
+        self.model_: TrajectoryTransformer | None = None
+        self.info_: dict = {}
+        self.last_sample_stats_: SampleStats | None = None
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, data, split: str = "train", codes_metadata: pl.DataFrame | None = None,
+            work_dir: str | Path | None = None, progress: Callable[[str], None] | None = None) -> "TrajectoryGenerator":
+        """Fit on a MEDS folder (its `split`) or an events table; shards stream from disk twice (vocabulary,
+        then tokens to an on-disk store) and training reads windows from that store."""
+        hp = self.hyperparameters
+        self._threads()
+        t0 = time.perf_counter()
+        meta = codes_metadata if codes_metadata is not None else codes_metadata_of(data)
+        vocab = build_vocabulary(meds_shards(data, split), min_subjects=hp["min_subjects"], max_codes=hp["max_codes"],
+                                 n_value_bins=hp["n_value_bins"], code_metadata=meta, seed=hp["seed"])
+        t_vocab = time.perf_counter() - t0
+        if vocab.stats["n_subjects"] == 0:
+            raise DataError("the training data hold no subjects")
+        tok = Tokenizer(vocab)
+        repairs: Counter = Counter()
+        tmp = tempfile.TemporaryDirectory(prefix="synthehr-traj-", dir=work_dir)
+        try:
+            store = TokenStore(tmp.name, vocab.time_increments_hours())
+            t1 = time.perf_counter()
+            for shard in meds_shards(data, split):
+                enc, rep = tok.encode(shard)
+                repairs.update(rep)
+                store.append(enc)
+            store.finish()
+            t_tok = time.perf_counter() - t1
+            lengths = store.lengths()
+            model = self._build(vocab)
+            if progress:
+                progress(f"vocabulary {len(vocab):,} tokens; {len(store):,} records, {int(lengths.sum()):,} tokens")
+            log = train(model, store, context=hp["context"], rows=hp["batch_rows"], epochs=hp["epochs"], lr=hp["lr"],
+                        seed=hp["seed"], max_steps=hp["max_steps"], max_seconds=hp["max_seconds"], progress=progress)
+            train_loss = evaluate_loss(model, store, hp["context"], max_batches=20)
+        finally:
+            tmp.cleanup()
+        self.vocab_, self.model_ = vocab, model
+        n_real = int(sum(v for k, v in repairs.items() if k != "out_of_vocabulary_events"))
+        self.info_ = {
+            "split": split, "n_subjects": int(len(lengths)), "n_tokens": int(lengths.sum()),
+            "record_tokens": {"median": float(np.median(lengths)), "p95": float(np.percentile(lengths, 95)),
+                              "max": int(lengths.max())},
+            "max_len": int(hp["max_len"] or lengths.max()),
+            "repairs": dict(repairs), "repaired_events": n_real,
+            "vocab": vocab.stats, "seconds": {"vocabulary": t_vocab, "tokenize": t_tok, "train": log.seconds},
+            "train": {"steps": log.steps, "tokens": log.tokens, "tokens_per_second": log.tokens_per_second,
+                      "losses": log.losses, "final_train_nll": train_loss},
+        }
+        return self
+
+    def _build(self, vocab: Vocabulary) -> TrajectoryTransformer:
+        hp = self.hyperparameters
+        torch.manual_seed(hp["seed"])
+        use_h = hp["hierarchy"] and len(vocab.node_names) > 0
+        return TrajectoryTransformer(len(vocab), d_model=hp["d_model"], n_layers=hp["n_layers"], n_heads=hp["n_heads"],
+                                     n_nodes=len(vocab.node_names) if use_h else 0,
+                                     h_tok=vocab.h_tok if use_h else None, h_node=vocab.h_node if use_h else None,
+                                     dropout=hp["dropout"])
+
+    def _threads(self) -> None:
+        if self.hyperparameters.get("threads"):
+            torch.set_num_threads(int(self.hyperparameters["threads"]))
+
+    def _check_fitted(self) -> None:
+        if self.model_ is None or self.vocab_ is None:
+            raise ConditioningError("TrajectoryGenerator is not fitted: call fit() or load a saved model")
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        self._check_fitted()
+        return Tokenizer(self.vocab_)
+
+    def grammar(self, max_len: int | None = None) -> Grammar:
+        self._check_fitted()
+        return Grammar(self.vocab_, max_len or self.info_.get("max_len") or 4096)
+
+    def nll(self, data, split: str = "train", max_tokens: int | None = 2_000_000) -> float:
+        """Mean next-token negative log-likelihood (nats) of real records (a MEDS folder's `split`, or an
+        events table), each timeline token scored once with the same windows as in training."""
+        self._check_fitted()
+        self._threads()
+        tok = self.tokenizer
+        with tempfile.TemporaryDirectory(prefix="synthehr-traj-nll-") as tmp:
+            store = TokenStore(tmp, self.vocab_.time_increments_hours())
+            for shard in meds_shards(data, split):
+                store.append(tok.encode(shard)[0])
+                if max_tokens and store.offsets[-1] >= max_tokens:
+                    break
+            store.finish()
+            ctx = self.hyperparameters["context"]
+            n_batches = int(np.ceil(store.offsets[-1] / (16 * ctx * 0.6))) + 1
+            return evaluate_loss(self.model_, store, ctx, max_batches=n_batches)
+
+    # ------------------------------------------------------------------ sampling
+    def sample_tokens(self, prompts: list[np.ndarray], seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
+                      batch_size: int = 64, max_len: int | None = None, use_mask: bool = True,
+                      on_record=None) -> list[np.ndarray] | None:
+        self._check_fitted()
+        self._threads()
+        stats = SampleStats()
+        out = generate(self.model_, self.grammar(max_len), prompts, context=self.hyperparameters["context"],
+                       inc_hours=self.vocab_.time_increments_hours(),
+                       temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, use_mask=use_mask,
+                       on_record=on_record, stats=stats)
+        self.last_sample_stats_ = stats
+        return out
+
+    def _anchors(self, n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, 7])
+        day = 86_400_000_000
+        lo, hi = (int(x.astype(np.int64)) // day for x in BIRTH_WINDOW)
+        return rng.integers(lo, hi, size=n).astype(np.int64) * day  # midnight of a uniform day
+
+    def sample(self, n: int, seed: int = 0, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64,
+               max_len: int | None = None, use_mask: bool = True, subject_id_start: int = 1) -> pl.DataFrame:
+        """n synthetic patients as MEDS events (subject_id, time, code, numeric_value, text_value, race).
+
+        Birth dates are drawn uniformly in 2050–2150 (the model has no calendar; MIMIC dates are shifted
+        anyway); every other time follows from the sampled age and time tokens."""
+        n = _check_n(n)
+        seqs = self.sample_tokens([np.array([self.vocab_.bos])] * n, seed, temperature, top_p, batch_size, max_len,
+                                  use_mask)
+        return self.decode(seqs, np.arange(subject_id_start, subject_id_start + n), self._anchors(n, seed))
+
+    def decode(self, seqs: list[np.ndarray], subject_ids, anchors_us) -> pl.DataFrame:
+        lens = np.array([len(s) for s in seqs], np.int64)
+        enc = Encoded(subject_ids=np.asarray(subject_ids, np.int64), offsets=np.r_[0, np.cumsum(lens)],
+                      tokens=np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, np.int32),
+                      anchor_us=np.asarray(anchors_us, np.int64))
+        return self.tokenizer.decode(enc)
+
+    def sample_to_meds(self, out_dir: str | Path, n: int, seed: int = 0, shard_size: int = 10000,
+                       temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, max_len: int | None = None,
+                       subject_id_start: int = 1, progress: Callable[[str], None] | None = None) -> dict:
+        """Generate n patients straight to a MEDS folder (data/train/<k>.parquet of `shard_size` patients,
+        metadata/codes.parquet, dataset.json, subject_splits.parquet); memory holds one shard at most."""
+        n = _check_n(n)
+        out_dir = Path(out_dir)
+        data_dir = out_dir / "data" / "train"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for old in data_dir.glob("*.parquet"):
+            old.unlink()
+        anchors = self._anchors(n, seed)
+        pending: dict[int, np.ndarray] = {}
+        written = {"shards": 0, "events": 0}
+        codes_seen: set[str] = set()
+        next_shard = [0]
+
+        def flush(force: bool = False) -> None:
+            while True:
+                k = next_shard[0]
+                lo, hi = k * shard_size, min((k + 1) * shard_size, n)
+                if lo >= n or not all(i in pending for i in range(lo, hi)):
+                    return
+                seqs = [pending.pop(i) for i in range(lo, hi)]
+                ev = self.decode(seqs, np.arange(subject_id_start + lo, subject_id_start + hi), anchors[lo:hi])
+                ev.write_parquet(data_dir / f"{k}.parquet")
+                codes_seen.update(ev["code"].unique().to_list())
+                written["shards"] += 1
+                written["events"] += ev.height
+                next_shard[0] += 1
+                if progress:
+                    progress(f"wrote shard {k} ({hi}/{n} patients)")
+
+        done = [0]
+        step = max(1, n // 10)
+
+        def on_record(i: int, seq: np.ndarray) -> None:
+            pending[i] = seq
+            done[0] += 1
+            if progress and done[0] % step == 0:
+                progress(f"{done[0]:,}/{n:,} patients generated")
+            flush()
+
+        self.sample_tokens([np.array([self.vocab_.bos])] * n, seed, temperature, top_p, batch_size, max_len,
+                           on_record=on_record)
+        flush()
+        self.write_metadata(out_dir, sorted(codes_seen), n, subject_id_start)
+        return {**written, "patients": n, **self.last_sample_stats_.as_dict()}
+
+    def write_metadata(self, out_dir: Path, codes: list[str], n: int, subject_id_start: int = 1) -> None:
+        from synthehr import __version__
+
+        meta = self.vocab_.code_metadata
+        (out_dir / "metadata").mkdir(parents=True, exist_ok=True)
+        pl.DataFrame({"code": codes, "description": [meta.get(c, [None, []])[0] for c in codes],
+                      "parent_codes": [meta.get(c, [None, []])[1] or [] for c in codes]},
+                     schema={"code": pl.Utf8, "description": pl.Utf8, "parent_codes": pl.List(pl.Utf8)}) \
+            .write_parquet(out_dir / "metadata" / "codes.parquet")
+        pl.DataFrame({"subject_id": np.arange(subject_id_start, subject_id_start + n, dtype=np.int64),
+                      "split": ["train"] * n}).write_parquet(out_dir / "metadata" / "subject_splits.parquet")
+        (out_dir / "metadata" / "dataset.json").write_text(json.dumps(
+            {"dataset_name": "synthehr-trajectory-synthetic", "dataset_version": __version__, "etl_name": "synthehr",
+             "etl_version": __version__, "meds_version": "0.3.3",
+             "created_at": np.datetime64("now", "s").astype(str)}, indent=2))
+
+    # ------------------------------------------------------------------ conditioning
+    def demographic_prompt(self, sex: str | None = None, age: float | str | None = None,
+                           race: str | None = None) -> np.ndarray:
+        """[BOS] + the given prefix tokens; -1 where the model samples (unknown parts of the prefix)."""
+        self._check_fitted()
+        v = self.vocab_
+        p = np.array([v.bos, -1, -1, -1, -1], np.int64)
+        if sex is not None:
+            if f"SEX//{sex}" not in v.index:
+                raise ConditioningError(f"sex {sex!r} unknown; use F, M or UNK")
+            p[1] = v.index[f"SEX//{sex}"]
+        if age is not None:
+            if isinstance(age, str) and not age.replace(".", "", 1).isdigit():
+                if f"AGE//{age}" not in v.index:
+                    raise ConditioningError(f"age bucket {age!r} unknown; known: {AGE_BUCKETS + ['UNK']}")
+                p[2] = v.index[f"AGE//{age}"]
+            else:
+                a = float(age)
+                if not 0 <= a < 130:
+                    raise ConditioningError(f"age must be in [0, 130) years, got {age!r}")
+                p[2], p[3] = v.age_id(a)
+        if race is not None:
+            if f"RACE//{race}" not in v.index:
+                known = [t.split("//", 1)[1] for t in v.tokens if t.startswith("RACE//")]
+                raise ConditioningError(f"race {race!r} unknown; known: {known}")
+            p[4] = v.index[f"RACE//{race}"]
+        last = max(i for i in range(5) if p[i] >= 0)
+        return p[: last + 1]
+
+    def history_prompt(self, history, until=None) -> tuple[np.ndarray, int, int]:
+        """One real patient's events up to `until` (inclusive) → (prompt tokens, subject_id, anchor µs)."""
+        ev = normalize_events(history)
+        ids = ev["subject_id"].unique()
+        if len(ids) != 1:
+            raise ConditioningError(f"history must hold exactly one subject, got {len(ids)}")
+        if until is not None:
+            until = np.datetime64(until, "us")
+            ev = ev.filter(pl.col("time").is_null() | (pl.col("time") <= pl.lit(until).cast(pl.Datetime("us"))))
+        tok = self.tokenizer
+        subjects, tl, _ = tok.canonicalize(ev, close_open=False)
+        enc = tok.encode_canonical(subjects, tl, eos=False)
+        return enc.sequence(0).astype(np.int64), int(ids[0]), int(enc.anchor_us[0])
+
+    def condition(self, prompt: Mapping[str, Any], n: int = 1, seed: int = 0, temperature: float = 1.0,
+                  top_p: float = 1.0, batch_size: int = 64, max_len: int | None = None) -> pl.DataFrame:
+        """n records given a prompt: {"sex", "age", "race"} (any subset: demographic prompt), or
+        {"history": events of one patient, "until": time} (continue that patient after `until`; the
+        returned records hold the history as the tokenizer encodes it, then the generated future)."""
+        self._check_fitted()
+        n = _check_n(n)
+        prompt = dict(prompt)
+        if "history" in prompt:
+            extra = set(prompt) - {"history", "until"}
+            if extra:
+                raise ConditioningError(f"a history prompt takes 'history' and 'until' only, got {sorted(extra)}")
+            p, sid, anchor = self.history_prompt(prompt["history"], prompt.get("until"))
+            ml = max_len or max(self.info_.get("max_len", 0), p.size + 1024)
+            seqs = self.sample_tokens([p] * n, seed, temperature, top_p, batch_size, ml)
+            return self.decode(seqs, np.arange(1, n + 1), np.full(n, anchor))
+        extra = set(prompt) - {"sex", "age", "race"}
+        if extra:
+            raise ConditioningError(f"unknown prompt field(s) {sorted(extra)}; use sex, age, race or history, until")
+        p = self.demographic_prompt(prompt.get("sex"), prompt.get("age"), prompt.get("race"))
+        seqs = self.sample_tokens([p] * n, seed, temperature, top_p, batch_size, max_len)
+        return self.decode(seqs, np.arange(1, n + 1), self._anchors(n, seed))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        self._check_fitted()
+        from synthehr import __version__
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {f"model.{k}": v.detach().cpu().numpy() for k, v in self.model_.state_dict().items()}
+        vt, vstate = self.vocab_.get_state()
+        tensors.update(vt)
+        tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+        save_file(tensors, str(path / "weights.safetensors"))
+        config = {"format_version": FORMAT_VERSION, "synthehr_version": __version__, "model_type": MODEL_TYPE,
+                  "hyperparameters": self.hyperparameters, "state": {"vocab": vstate, "info": self.info_},
+                  "tensors": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in tensors.items()}}
+        (path / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
+        manifest = {name: _sha256(path / name) for name in ("config.json", "weights.safetensors")}
+        (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrajectoryGenerator":
+        config, tensors = read_verified_folder(path)
+        if config["model_type"] != MODEL_TYPE:
+            raise ModelFileError(f"{path}: holds a {config['model_type']!r} model, not {MODEL_TYPE!r}")
+        try:
+            gen = cls(**config["hyperparameters"])
+            vocab = Vocabulary.from_state({k: v for k, v in tensors.items() if k.startswith("vocab.")},
+                                          config["state"]["vocab"])
+        except (KeyError, TypeError, ConditioningError) as e:
+            raise ModelFileError(f"{path / 'config.json'}: invalid trajectory model state ({e})") from None
+        gen.vocab_ = vocab
+        gen.info_ = dict(config["state"].get("info", {}))
+        model = gen._build(vocab)
+        sd = {k[len("model."):]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            model.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise ModelFileError(f"{path / 'weights.safetensors'}: weights do not fit the configured network ({e})") from None
+        model.eval()
+        gen.model_ = model
+        return gen
+
+
+def read_verified_folder(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The checks of `synthehr.models.base.load_model` for a non-tabular model folder: files present,
+    sha256 as in manifest.json, config fields, format version, tensors as config.json declares."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFileError(f"{path}: no such model folder")
+    for name in ("config.json", "weights.safetensors", "manifest.json"):
+        if not (path / name).is_file():
+            raise ModelFileError(f"{path}: model folder is incomplete, {name} is missing")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{path / 'manifest.json'}: not valid JSON ({e})") from None
+    for name in ("config.json", "weights.safetensors"):
+        if manifest.get(name) != _sha256(path / name):
+            raise ModelFileError(f"{path / name}: checksum does not match manifest.json (file changed or truncated)")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{path / 'config.json'}: not valid JSON ({e})") from None
+    for key in ("format_version", "model_type", "hyperparameters", "state", "tensors"):
+        if key not in config:
+            raise ModelFileError(f"{path / 'config.json'}: field {key!r} is missing")
+    if config["format_version"] != FORMAT_VERSION:
+        raise ModelFileError(f"{path / 'config.json'}: format_version {config['format_version']} is not supported")
+    try:
+        tensors = load_file(str(path / "weights.safetensors"))
+    except Exception as e:  # safetensors raises its own error types
+        raise ModelFileError(f"{path / 'weights.safetensors'}: cannot be read ({e})") from None
+    expected = config["tensors"]
+    if set(expected) != set(tensors):
+        raise ModelFileError(f"{path}: weights hold {sorted(tensors)[:5]}…, config.json expects {sorted(expected)[:5]}…")
+    for k, meta in expected.items():
+        if list(tensors[k].shape) != meta["shape"]:
+            raise ModelFileError(f"{path}: tensor {k!r} has shape {list(tensors[k].shape)}, expected {meta['shape']}")
+    return config, tensors
+
+
+def is_trajectory_model(path: str | Path) -> bool:
+    """True when `path` is a model folder whose config.json says model_type 'trajectory'."""
+    p = Path(path) / "config.json"
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text()).get("model_type") == MODEL_TYPE
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def _check_n(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConditioningError(f"n must be a positive integer, got {n!r}")
+    return int(n)

@@ -1,0 +1,224 @@
+"""Decoder-only transformer over trajectory tokens, with a KV cache for batched sampling.
+
+* Embeddings tied through the code hierarchy: the embedding of token i is its own vector plus the sum
+  of its hierarchy nodes' vectors (ICD chapter / category, code prefixes, metadata parents), and the
+  output layer uses the same matrix, so a rare code shares most of its input and output representation
+  with its relatives.
+* Rotary position embeddings (relative only: training shifts each window's timeline by a random offset,
+  so attention never depends on how far the timeline is from the demographic prefix), plus two "record
+  clock" embeddings added to every token — log2 of its position in the record and half-octaves of the
+  hours since the first event — so the model knows how far into the record it is (which a window alone
+  cannot tell) and can learn when records end.  Windows are `prefix + a chunk of the timeline` in training; in sampling
+  the KV cache pins the 5 demographic tokens and keeps a ring of timeline slots from which each token
+  sees between half and all of a window's worth of recent tokens (see KVCache) — the span the training
+  windows cover — so long records never outgrow the cache and never leave the trained range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_POS_BUCKETS = 20    # log2 of the position in the record
+N_TIME_BUCKETS = 40   # half-octaves of the hours elapsed since the first event
+
+
+def pos_bucket(pos: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.floor(torch.log2(pos.double() + 1)).long(), 0, N_POS_BUCKETS - 1)
+
+
+def time_bucket(hours: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.floor(2 * torch.log2(hours.double().clamp(min=0) + 1)).long(), 0, N_TIME_BUCKETS - 1)
+
+
+class Rotary:
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        self.inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+
+    def cos_sin(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pos (B, T) → cos, sin (B, 1, T, head_dim/2), float32 (angles in float64 for large positions)."""
+        ang = pos.double().unsqueeze(-1) * self.inv_freq
+        return torch.cos(ang).float().unsqueeze(1), torch.sin(ang).float().unsqueeze(1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2)
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
+        self.drop = nn.Dropout(dropout)
+
+    def _qkv(self, x, cos, sin):
+        B, T, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def _rest(self, x, att):
+        B, H, T, dh = att.shape
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, T, H * dh)))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
+
+    def forward(self, x, cos, sin, mask):
+        q, k, v = self._qkv(x, cos, sin)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self._rest(x, att)
+
+    def step(self, x, cos, sin, cache_k, cache_v, slot, valid):
+        """x (B, 1, d); writes this token's key/value at `slot` (B,) then attends over valid slots."""
+        q, k, v = self._qkv(x, cos, sin)
+        rows = torch.arange(x.shape[0])
+        cache_k[rows, :, slot] = k[:, :, 0]
+        cache_v[rows, :, slot] = v[:, :, 0]
+        att = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=valid[:, None, None, :])
+        return self._rest(x, att)
+
+
+@dataclass
+class KVCache:
+    """Per layer keys/values (B, H, prefix + 2*half, dh): the demographic prefix pinned, then a ring of
+    2*half timeline slots.  The token at timeline index j attends to the prefix and to timeline indices
+    [max(0, (j // half - 1) * half), j]: between half + 1 and 2*half tokens once past the start, the
+    range the training windows cover (see data.make_windows), and never more than a window holds."""
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    body_idx: torch.Tensor      # (B, S) timeline index held by each slot (-1 empty); prefix slots: 0
+    written: torch.Tensor       # (B, S) bool
+    prefix: int
+    half: int
+
+    def slot(self, pos: torch.Tensor) -> torch.Tensor:
+        return torch.where(pos < self.prefix, pos, self.prefix + (pos - self.prefix) % (2 * self.half))
+
+    def visible(self, pos: torch.Tensor) -> torch.Tensor:
+        j = pos - self.prefix
+        start = torch.clamp((torch.div(j, self.half, rounding_mode="floor") - 1) * self.half, min=0)
+        is_prefix_slot = torch.arange(self.written.shape[1]) < self.prefix
+        return self.written & (is_prefix_slot[None, :] | (self.body_idx >= start[:, None]))
+
+    def reset_rows(self, rows) -> None:
+        self.written[rows] = False
+        self.body_idx[rows] = -1
+
+    def keep_rows(self, rows: torch.Tensor) -> "KVCache":
+        return KVCache([k[rows] for k in self.k], [v[rows] for v in self.v], self.body_idx[rows], self.written[rows],
+                       self.prefix, self.half)
+
+
+class TrajectoryTransformer(nn.Module):
+    def __init__(self, vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
+                 n_nodes: int = 0, h_tok: np.ndarray | None = None, h_node: np.ndarray | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        if d_model % n_heads or (d_model // n_heads) % 2:
+            raise ValueError(f"d_model {d_model} must split into {n_heads} heads of even size")
+        self.vocab_size, self.d_model, self.n_heads = vocab_size, d_model, n_heads
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.n_nodes = int(n_nodes)
+        if self.n_nodes:
+            self.node_emb = nn.Embedding(self.n_nodes, d_model)
+            self.register_buffer("h_tok", torch.as_tensor(h_tok, dtype=torch.long), persistent=False)
+            self.register_buffer("h_node", torch.as_tensor(h_node, dtype=torch.long), persistent=False)
+        self.pos_emb = nn.Embedding(N_POS_BUCKETS, d_model)
+        self.time_emb = nn.Embedding(N_TIME_BUCKETS, d_model)
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.rotary = Rotary(d_model // n_heads)
+        self.drop = nn.Dropout(dropout)
+        self.apply(self._init)
+        if self.n_nodes:
+            # a token's vector = own + sum of its nodes: start the nodes small so the sum stays O(1)
+            nn.init.normal_(self.node_emb.weight, std=0.02 / math.sqrt(max(np.bincount(h_tok).max(), 1)) if len(h_tok) else 0.02)
+        for b in self.blocks:
+            nn.init.normal_(b.proj.weight, std=0.02 / math.sqrt(2 * n_layers))
+            nn.init.normal_(b.fc2.weight, std=0.02 / math.sqrt(2 * n_layers))
+        self._frozen_emb: torch.Tensor | None = None
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def embedding_matrix(self) -> torch.Tensor:
+        if self._frozen_emb is not None:
+            return self._frozen_emb
+        w = self.tok_emb.weight
+        if self.n_nodes:
+            w = w.index_add(0, self.h_tok, self.node_emb.weight[self.h_node])
+        return w
+
+    def freeze_embeddings(self) -> None:
+        """For sampling: compute the tied matrix once (call `unfreeze_embeddings` before training again)."""
+        with torch.no_grad():
+            self._frozen_emb = None
+            self._frozen_emb = self.embedding_matrix().detach().clone()
+
+    def unfreeze_embeddings(self) -> None:
+        self._frozen_emb = None
+
+    def _clock(self, rec_pos: torch.Tensor, hours: torch.Tensor | None) -> torch.Tensor:
+        c = self.pos_emb(pos_bucket(rec_pos))
+        if hours is not None:
+            c = c + self.time_emb(time_bucket(hours))
+        return c
+
+    def hidden(self, tokens: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, rec_pos: torch.Tensor | None = None,
+               hours: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """pos: rotary positions; rec_pos: true positions in the record (default pos); hours: clock."""
+        E = self.embedding_matrix()
+        x = self.drop(F.embedding(tokens, E) + self._clock(pos if rec_pos is None else rec_pos, hours))
+        cos, sin = self.rotary.cos_sin(pos)
+        for b in self.blocks:
+            x = b(x, cos, sin, mask)
+        return self.ln_f(x), E
+
+    def logits_of(self, h: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
+        return h @ E.t() + self.out_bias
+
+    def forward(self, tokens, pos, mask, rec_pos=None, hours=None):
+        h, E = self.hidden(tokens, pos, mask, rec_pos, hours)
+        return self.logits_of(h, E)
+
+    # ------------------------------------------------------------ cached decoding
+    def new_cache(self, batch: int, prefix: int, window: int) -> KVCache:
+        """`window` = timeline tokens a training window holds (context - prefix)."""
+        H, dh = self.n_heads, self.d_model // self.n_heads
+        half = max(1, (window - 1) // 2)
+        S = prefix + 2 * half
+        z = lambda: torch.zeros(batch, H, S, dh)  # noqa: E731
+        return KVCache([z() for _ in self.blocks], [z() for _ in self.blocks],
+                       torch.full((batch, S), -1, dtype=torch.long), torch.zeros(batch, S, dtype=torch.bool), prefix, half)
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, hours: torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """One token per row (B,) at record positions pos (B,), clock `hours` (B,) → next-token logits (B, V)."""
+        E = self.embedding_matrix()
+        x = (F.embedding(tokens, E) + self._clock(pos, hours))[:, None, :]
+        cos, sin = self.rotary.cos_sin(pos[:, None])
+        slot = cache.slot(pos)
+        rows = torch.arange(tokens.shape[0])
+        cache.written[rows, slot] = True
+        cache.body_idx[rows, slot] = torch.clamp(pos - cache.prefix, min=0)
+        valid = cache.visible(pos)
+        for b, ck, cv in zip(self.blocks, cache.k, cache.v):
+            x = b.step(x, cos, sin, ck, cv, slot, valid)
+        return self.logits_of(self.ln_f(x[:, 0]), E)

@@ -1,0 +1,207 @@
+"""Batched, grammar-masked sampling with a KV cache and continuous batching.
+
+Every row of the batch is one record in progress.  Each step feeds one token per row (a prompt token
+while the row's prompt lasts — prompt positions given as -1 are sampled —, else the token sampled at
+the previous step); a row whose record ends takes the next waiting prompt at once, so short records do
+not hold up long ones.  Sampling is plain ancestral sampling at `temperature`, with nucleus (top-p)
+truncation only when `top_p < 1`; there is no hidden top-k.  The grammar mask removes the tokens that
+would make the record invalid; the probability mass it removes is measured at every sampled step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from synthehr.errors import ConditioningError
+from synthehr.models.trajectory.grammar import Grammar
+from synthehr.models.trajectory.model import TrajectoryTransformer
+from synthehr.models.trajectory.tokenizer import PREFIX_LEN
+
+
+@dataclass
+class SampleStats:
+    records: int = 0
+    sampled_tokens: int = 0
+    forced_tokens: int = 0
+    steps: int = 0
+    removed_mass_sum: float = 0.0
+    removed_mass_max: float = 0.0
+    masked_steps: int = 0          # sampled steps where the mask removed more than 1e-6
+    closed_by_length_cap: int = 0  # records that reached the closing-only zone near max_len
+    seconds: float = 0.0
+    lengths: list = field(default_factory=list)
+
+    @property
+    def mean_removed_mass(self) -> float:
+        return self.removed_mass_sum / self.sampled_tokens if self.sampled_tokens else 0.0
+
+    def as_dict(self) -> dict:
+        return {"records": self.records, "sampled_tokens": self.sampled_tokens, "forced_tokens": self.forced_tokens,
+                "steps": self.steps, "mask_removed_mass_mean": self.mean_removed_mass,
+                "mask_removed_mass_max": self.removed_mass_max,
+                "masked_step_share": self.masked_steps / self.sampled_tokens if self.sampled_tokens else 0.0,
+                "closed_by_length_cap": self.closed_by_length_cap, "seconds": self.seconds,
+                "records_per_minute": 60 * self.records / self.seconds if self.seconds else float("nan"),
+                "mean_tokens_per_record": float(np.mean(self.lengths)) if self.lengths else float("nan")}
+
+
+def _sample_rows(weights: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
+    """One draw per row from non-negative (unnormalised) weights, nucleus-truncated when top_p < 1."""
+    if top_p < 1.0:
+        probs = weights / weights.sum(-1, keepdim=True)
+        sp, si = torch.sort(probs, dim=-1, descending=True)
+        keep = (torch.cumsum(sp, -1) - sp) < top_p  # always keeps the most likely token
+        choice = torch.multinomial(sp * keep, 1, generator=gen)[:, 0]
+        return si.gather(1, choice[:, None])[:, 0]
+    return torch.multinomial(weights, 1, generator=gen)[:, 0]
+
+
+@torch.no_grad()
+def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[np.ndarray], *, context: int,
+             temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int = 0,
+             use_mask: bool = True, on_record: Callable[[int, np.ndarray], None] | None = None,
+             stats: SampleStats | None = None, inc_hours: np.ndarray | None = None) -> list[np.ndarray] | None:
+    """Complete every prompt (token ids; -1 = sample this position) into a record ending in [EOS].
+
+    Returns the records in prompt order, or None when `on_record(index, tokens)` receives them as they
+    finish (so a caller can stream them to disk).
+    """
+    if temperature <= 0:
+        raise ConditioningError(f"temperature must be > 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ConditioningError(f"top_p must be in (0, 1], got {top_p}")
+    stats = stats if stats is not None else SampleStats()
+    model.eval()
+    model.freeze_embeddings()
+    max_len = grammar.max_len
+    gen = torch.Generator().manual_seed(int(seed))
+    bos = grammar.vocab.bos
+    eos = grammar.vocab.eos
+    prompts = [np.asarray(p, np.int64) for p in prompts]
+    for i, p in enumerate(prompts):
+        if p.size == 0 or p[0] != bos:
+            raise ConditioningError(f"prompt {i} must start with [BOS]")
+        if p.size >= max_len - grammar.force_margin:
+            raise ConditioningError(f"prompt {i} has {p.size} tokens; max_len is {max_len}")
+    any_prompt = any(p.size > 1 for p in prompts)  # beyond [BOS]: rows may have tokens to force
+    results: list[np.ndarray | None] = [None] * len(prompts) if on_record is None else []
+    B = max(1, min(batch_size, len(prompts)))
+    cache = model.new_cache(B, PREFIX_LEN, context - PREFIX_LEN)
+    state = grammar.initial(B)
+    row_prompt = [-1] * B
+    row_tokens: list[list[int]] = [[] for _ in range(B)]
+    pos = torch.zeros(B, dtype=torch.long)
+    feed = torch.zeros(B, dtype=torch.long)
+    hours = torch.zeros(B, dtype=torch.float64)
+    inc = torch.as_tensor(inc_hours if inc_hours is not None else grammar.vocab.time_increments_hours(),
+                          dtype=torch.float64)
+    active = np.zeros(B, bool)
+    next_prompt = 0
+
+    def start_row(r: int) -> bool:
+        nonlocal next_prompt
+        if next_prompt >= len(prompts):
+            active[r] = False
+            return False
+        row_prompt[r] = next_prompt
+        row_tokens[r] = [bos]
+        next_prompt += 1
+        pos[r] = 0
+        feed[r] = bos
+        hours[r] = 0.0
+        cache.reset_rows(r)
+        state.set_rows(r, grammar.initial(1))
+        active[r] = True
+        return True
+
+    for r in range(B):
+        start_row(r)
+    t0 = time.perf_counter()
+    while active.any():
+        rows = torch.from_numpy(np.flatnonzero(active))
+        if len(rows) < 0.75 * cache.written.shape[0]:
+            # compact the batch: drop finished rows from the cache and every per-row array
+            keep = rows
+            cache = cache.keep_rows(keep)
+            state = state.index(keep)
+            pos, feed, hours = pos[keep].clone(), feed[keep].clone(), hours[keep].clone()
+            kl = keep.tolist()
+            row_prompt = [row_prompt[i] for i in kl]
+            row_tokens = [row_tokens[i] for i in kl]
+            active = np.ones(len(kl), bool)
+            rows = torch.arange(len(kl))
+        state = grammar.advance(state, feed)
+        hours = hours + inc[feed]
+        logits = model.step(feed, pos, cache, hours)
+        stats.steps += 1
+        nb = logits.shape[0]
+        # which rows are forced by their prompt
+        forced = np.full(nb, -1, np.int64)
+        for r in (range(nb) if any_prompt else ()):
+            if active[r]:
+                p = prompts[row_prompt[r]]
+                k = len(row_tokens[r])
+                if k < p.size and p[k] >= 0:
+                    forced[r] = p[k]
+        allowed = grammar.allowed(state) if use_mask else None
+        samp = np.flatnonzero(active & (forced < 0))
+        nxt = torch.from_numpy(forced.copy())
+        if samp.size:
+            ts = torch.from_numpy(samp)
+            whole = samp.size == nb
+            probs = torch.softmax((logits if whole else logits[ts]) / temperature, dim=-1)
+            if allowed is not None:
+                al = allowed if whole else allowed[ts]
+                kept = probs * al
+                ksum = kept.sum(-1)
+                removed = 1.0 - ksum
+                tiny = ksum < 1e-30
+                if bool(tiny.any()):  # every allowed token underflowed: renormalise over them in log space
+                    lg = (logits if whole else logits[ts])[tiny] / temperature
+                    kept[tiny] = torch.softmax(lg.masked_fill(~al[tiny], float("-inf")), dim=-1)
+                stats.removed_mass_sum += float(removed.sum())
+                stats.removed_mass_max = max(stats.removed_mass_max, float(removed.max()))
+                stats.masked_steps += int((removed > 1e-6).sum())
+            else:
+                kept = probs
+                kept[:, grammar.vocab.pad] = 0.0
+            nxt[ts] = _sample_rows(kept, top_p, gen)
+            stats.sampled_tokens += int(samp.size)
+        if use_mask:
+            fr = np.flatnonzero(forced >= 0)
+            if fr.size:
+                ok = allowed[torch.from_numpy(fr), torch.from_numpy(forced[fr])]
+                if not bool(ok.all()):
+                    bad = int(fr[int(torch.nonzero(~ok)[0, 0])])
+                    raise ConditioningError(
+                        f"prompt {row_prompt[bad]}: token {grammar.vocab.tokens[forced[bad]]!r} at position "
+                        f"{len(row_tokens[bad])} breaks the record grammar")
+        stats.forced_tokens += int((forced >= 0).sum())
+        nl = nxt.tolist()
+        for r in np.flatnonzero(active).tolist():
+            t = nl[r]
+            row_tokens[r].append(t)
+            done = t == eos or len(row_tokens[r]) >= max_len
+            if done:
+                seq = np.asarray(row_tokens[r], np.int32)
+                if seq[-1] != eos:  # only possible without the mask
+                    seq = np.r_[seq, np.int32(eos)]
+                stats.records += 1
+                stats.lengths.append(int(seq.size))
+                if bool(state.forced[r]):
+                    stats.closed_by_length_cap += 1
+                if on_record is None:
+                    results[row_prompt[r]] = seq
+                else:
+                    on_record(row_prompt[r], seq)
+                start_row(r)
+            else:
+                pos[r] += 1
+                feed[r] = t
+    stats.seconds += time.perf_counter() - t0
+    return results if on_record is None else None

@@ -1,0 +1,340 @@
+"""Trajectory generator: tokenizer round trip, grammar validity (with a no-mask negative control),
+Markov-chain calibration (with a temperature fault as negative control), save/load, MEDS output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from synthehr.errors import ConditioningError, ModelFileError
+from synthehr.models.trajectory import Grammar, Tokenizer, TrajectoryGenerator, build_vocabulary, check_records
+from synthehr.models.trajectory.model import TrajectoryTransformer
+from synthehr.models.trajectory.sampler import SampleStats, generate
+from synthehr.models.trajectory.synthetic import markov_events, transition_counts
+from synthehr.models.trajectory.vocab import GAP_SECONDS, Cat, sex_restriction
+
+P = np.array([[0.1, 0.6, 0.2, 0.1],
+              [0.5, 0.1, 0.1, 0.3],
+              [0.2, 0.2, 0.5, 0.1],
+              [0.7, 0.1, 0.1, 0.1]])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared CPU
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def demo_events(demo_meds) -> pl.DataFrame:
+    ev = pl.read_parquet(demo_meds / "data" / "train" / "0.parquet")
+    ids = ev["subject_id"].unique(maintain_order=True).to_list()
+    return ev.filter(pl.col("subject_id").is_in(ids[:12]))
+
+
+@pytest.fixture(scope="module")
+def demo_vocab(demo_events, demo_meds):
+    meta = pl.read_parquet(demo_meds / "metadata" / "codes.parquet")
+    return build_vocabulary([demo_events], min_subjects=1, code_metadata=meta)
+
+
+@pytest.fixture(scope="module")
+def markov_model():
+    ev = markov_events(300, P, np.full(4, 0.25), 0.1, seed=0)
+    gen = TrajectoryGenerator(d_model=64, n_layers=1, n_heads=2, context=48, epochs=50, batch_rows=8, lr=3e-3,
+                              max_len=300, seed=0)
+    return gen.fit(ev)
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def test_round_trip_on_demo_subjects(demo_events, demo_vocab):
+    tok = Tokenizer(demo_vocab)
+    enc, repairs = tok.encode(demo_events)
+    dec = tok.decode(enc)
+    canon = tok.map_codes(demo_events)
+    a = canon.filter(pl.col("time").is_not_null())
+    b = dec.filter(pl.col("time").is_not_null())
+    # the same events in the same order (MEDS_BIRTH included), codes exact
+    assert a.height == b.height > 10_000
+    assert (a["subject_id"] == b["subject_id"]).all() and (a["code"] == b["code"]).all()
+    # times: never ahead of the truth; at each new true timestamp behind by at most 2 minutes or 5% of
+    # its gap from the previous decoded time (up to three greedy gap tokens); same-time events share it
+    ta = a["time"].cast(pl.Int64).to_numpy() / 1e6
+    tb = b["time"].cast(pl.Int64).to_numpy() / 1e6
+    sid = a["subject_id"].to_numpy()
+    err = ta - tb
+    assert err.min() >= -1e-3
+    new_time = np.r_[False, (sid[1:] == sid[:-1]) & (ta[1:] != ta[:-1])]
+    gi = np.flatnonzero(new_time)
+    gap = ta[gi] - tb[gi - 1]
+    assert np.all(err[gi] <= np.maximum(120.0, 0.05 * gap) + 1e-3)
+    same_time = np.r_[False, (sid[1:] == sid[:-1]) & (ta[1:] == ta[:-1])]
+    assert np.array_equal(tb[same_time], tb[np.flatnonzero(same_time) - 1])
+    assert np.median(err) < 60
+    # values: same quantile bin as the original, decoded as that bin's median
+    v = demo_vocab
+    has = a["numeric_value"].is_not_null().to_numpy() & np.isin(a["code"].to_numpy(), list(v.value_codes()))
+    ids = np.array([v.index[c] for c in a["code"].to_numpy()[has]])
+    orig = a["numeric_value"].to_numpy()[has]
+    got = b["numeric_value"].to_numpy()[has].astype(float)
+    bin_of = lambda x: (x[:, None] > v.edges[ids]).sum(1)  # noqa: E731
+    assert np.array_equal(bin_of(orig), bin_of(got))
+    assert np.all(b["numeric_value"].is_null().to_numpy()[~has])
+    # demographics
+    s_real = canon.filter(pl.col("code").str.starts_with("GENDER//")).sort("subject_id")["code"]
+    s_dec = dec.filter(pl.col("code").str.starts_with("GENDER//")).sort("subject_id")["code"]
+    assert s_real.to_list() == s_dec.to_list()
+    births = a.filter(pl.col("code") == "MEDS_BIRTH")["time"] == b.filter(pl.col("code") == "MEDS_BIRTH")["time"]
+    assert births.all()
+    assert set(repairs) <= {"static_rows_dropped", "timed_sex_rows_dropped", "sex_specific_dropped",
+                            "out_of_vocabulary_events", "after_death_dropped", "moved_to_death_time",
+                            "admission_while_admitted_dropped", "discharge_without_stay_dropped",
+                            "icu_admission_while_in_icu_dropped", "icu_admission_outside_stay_dropped",
+                            "extra_death_dropped", "icu_discharge_moved_earlier", "icu_discharge_added",
+                            "hospital_discharge_added"}
+
+
+def test_encoded_real_records_satisfy_the_grammar_and_validity(demo_events, demo_vocab):
+    tok = Tokenizer(demo_vocab)
+    enc, _ = tok.encode(demo_events)
+    g = Grammar(demo_vocab, max_len=10**7)
+    for i in range(len(enc)):
+        ok, at, why = g.check(enc.sequence(i))
+        assert ok, (i, at, why)
+    r = check_records(tok.decode(enc), value_codes=demo_vocab.value_codes())
+    assert r["valid"].all(), r.filter(~pl.col("valid"))
+
+
+def test_rare_codes_become_their_prefix_other_token(demo_events):
+    v = build_vocabulary([demo_events], min_subjects=3)
+    assert v.stats["n_codes_kept"] < v.stats["n_codes_seen"]
+    assert v.code_to_id("DIAGNOSIS//ICD//10//ZZZ999") == v.index["DIAGNOSIS//OTHER"]
+    assert v.code_to_id("NEVER_SEEN_PREFIX//x") == v.index["OTHER"]
+    assert v.cat[v.index["HOSPITAL_ADMISSION//OTHER"]] == Cat.HOSP_OPEN  # structure survives the cutoff
+    assert len(GAP_SECONDS) + 1 == len(v.ids_of(Cat.GAP)) + len(v.ids_of(Cat.YEAR))
+
+
+def test_sex_specific_codes_from_icd_structure():
+    assert sex_restriction("DIAGNOSIS//ICD//10//O800") == 1
+    assert sex_restriction("DIAGNOSIS//ICD//10//N400") == 2
+    assert sex_restriction("DIAGNOSIS//ICD//9//185") == 2
+    assert sex_restriction("DIAGNOSIS//ICD//9//V270") == 1
+    assert sex_restriction("PROCEDURE//ICD//10//0VT00ZZ") == 2
+    assert sex_restriction("PROCEDURE//ICD//9//6841") == 1
+    assert sex_restriction("DIAGNOSIS//ICD//10//I10") == 0
+    assert sex_restriction("LAB//51221//%") == 0
+
+
+# ---------------------------------------------------------------- grammar
+
+
+def _random_model(vocab, seed=0):
+    torch.manual_seed(seed)
+    m = TrajectoryTransformer(len(vocab), d_model=32, n_layers=1, n_heads=2)
+    with torch.no_grad():  # peaked random logits, so the mask has real mass to remove
+        m.out_bias.copy_(3.0 * torch.randn(len(vocab)))
+    return m.eval()
+
+
+def _sex_specific_vocab(demo_events):
+    extra = pl.DataFrame({"subject_id": [1, 1, 1, 2, 2, 2], "time": [None, "2100-01-01", "2100-01-02"] * 2,
+                          "code": ["GENDER//F", "DIAGNOSIS//ICD//10//O800", "DIAGNOSIS//ICD//10//N400",
+                                   "GENDER//M", "DIAGNOSIS//ICD//10//O800", "DIAGNOSIS//ICD//10//N400"]}) \
+        .with_columns(pl.col("time").str.to_datetime().cast(pl.Datetime("us")), pl.lit(None, pl.Float64).alias("numeric_value"))
+    ev = pl.concat([demo_events.select("subject_id", "time", "code", pl.col("numeric_value").cast(pl.Float64)), extra])
+    return build_vocabulary([ev], min_subjects=1)
+
+
+def test_masked_sampling_from_an_untrained_model_is_always_valid(demo_events):
+    v = _sex_specific_vocab(demo_events)
+    g = Grammar(v, max_len=160)
+    stats = SampleStats()
+    seqs = generate(_random_model(v), g, [np.array([v.bos])] * 48, context=64, batch_size=16, seed=1, stats=stats)
+    for s in seqs:
+        ok, at, why = g.check(s)
+        assert ok, (at, why)
+        assert len(s) <= 160
+    tok = Tokenizer(v)
+    from synthehr.models.trajectory.tokenizer import Encoded
+    lens = np.array([len(s) for s in seqs])
+    enc = Encoded(np.arange(1, 49), np.r_[0, np.cumsum(lens)], np.concatenate(seqs), np.zeros(48, np.int64))
+    events = tok.decode(enc)
+    r = check_records(events, value_codes=v.value_codes(), icu_in_hospital=v.icu_in_hospital)
+    assert r["valid"].all(), r.filter(~pl.col("valid"))
+    # the mask did real work: it removed probability mass at most steps
+    assert stats.mean_removed_mass > 0.05 and stats.masked_steps > 0.5 * stats.sampled_tokens
+    # sex-specific codes appear only for their sex
+    sx = events.filter(pl.col("code").str.starts_with("GENDER//")).select("subject_id", pl.col("code").alias("sex"))
+    dx = events.filter(pl.col("code").is_in(["DIAGNOSIS//ICD//10//O800", "DIAGNOSIS//ICD//10//N400"])).join(sx, on="subject_id")
+    assert dx.filter((pl.col("code").str.ends_with("O800") & (pl.col("sex") != "GENDER//F"))
+                     | (pl.col("code").str.ends_with("N400") & (pl.col("sex") != "GENDER//M"))).height == 0
+
+
+def test_negative_control_without_the_mask_records_are_invalid(demo_events):
+    v = _sex_specific_vocab(demo_events)
+    g = Grammar(v, max_len=160)
+    seqs = generate(_random_model(v), g, [np.array([v.bos])] * 48, context=64, batch_size=16, seed=1, use_mask=False)
+    valid = [g.check(s)[0] for s in seqs]
+    assert np.mean(valid) < 0.2  # the check can fail: without the mask almost nothing is valid
+
+
+def test_bad_prompt_is_refused_by_the_grammar(demo_vocab):
+    v = demo_vocab
+    g = Grammar(v, max_len=64)
+    bad = np.array([v.bos, v.index["SEX//F"], v.index["SEX//M"]])
+    with pytest.raises(ConditioningError, match="breaks the record grammar"):
+        generate(_random_model(v), g, [bad], context=32)
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def test_markov_chain_transitions_are_reproduced(markov_model):
+    s = markov_model.sample(300, seed=0, batch_size=64)
+    C = transition_counts(s.filter(pl.col("code").str.contains(r"^MC//\d+$")), 4)
+    assert C.sum() > 1500
+    assert np.abs(C / C.sum(1, keepdims=True) - P).max() < 0.1
+    lengths = s.filter(pl.col("code").str.starts_with("MC//")).group_by("subject_id").len()["len"].to_numpy()
+    assert abs(lengths.mean() - 10.0) < 1.5  # p_end = 0.1 → mean 10 events
+    assert markov_model.last_sample_stats_.as_dict()["mask_removed_mass_mean"] < 0.05
+
+
+def test_negative_control_hot_sampling_breaks_calibration(markov_model):
+    s = markov_model.sample(300, seed=0, temperature=3.0, batch_size=64)
+    C = transition_counts(s.filter(pl.col("code").str.contains(r"^MC//\d+$")), 4)
+    assert np.abs(C / C.sum(1, keepdims=True) - P).max() > 0.2
+
+
+def test_top_p_default_does_not_truncate(markov_model):
+    import inspect
+
+    for fn in (TrajectoryGenerator.sample, TrajectoryGenerator.condition, generate):
+        params = inspect.signature(fn).parameters
+        assert params["top_p"].default == 1.0 and params["temperature"].default == 1.0
+        assert "top_k" not in params
+
+
+# ---------------------------------------------------------------- persistence and output
+
+
+def test_save_load_gives_identical_samples(markov_model, tmp_path):
+    path = markov_model.save(tmp_path / "m")
+    again = TrajectoryGenerator.load(path)
+    a = markov_model.sample(20, seed=3)
+    b = again.sample(20, seed=3)
+    assert a.equals(b)
+    assert not a.equals(markov_model.sample(20, seed=4))
+    # tampering is detected
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["hyperparameters"]["d_model"] = 32
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFileError, match="checksum"):
+        TrajectoryGenerator.load(path)
+
+
+def test_meds_output_is_readable_and_sorted(markov_model, tmp_path):
+    info = markov_model.sample_to_meds(tmp_path / "syn", 30, seed=0, shard_size=12)
+    files = sorted((tmp_path / "syn" / "data" / "train").glob("*.parquet"))
+    assert len(files) == 3 and info["patients"] == 30
+    ev = pl.concat([pl.read_parquet(f) for f in files])
+    assert ev["subject_id"].n_unique() == 30
+    assert ev.columns[:4] == ["subject_id", "time", "code", "numeric_value"]
+    sorted_ev = ev.sort(["subject_id", "time"], nulls_last=False, maintain_order=True)
+    assert ev.equals(sorted_ev)
+    codes = pl.read_parquet(tmp_path / "syn" / "metadata" / "codes.parquet")
+    assert set(ev["code"].unique()) <= set(codes["code"])
+    assert check_records(ev)["valid"].all()
+
+
+def test_prompts_demographic_and_history(markov_model):
+    out = markov_model.condition({"sex": "F", "age": 40}, n=10, seed=0)
+    assert set(out.filter(pl.col("time").is_null())["code"]) == {"GENDER//F"}
+    real = markov_events(5, P, np.full(4, 0.25), 0.0, seed=5, max_events=12).filter(pl.col("subject_id") == 2)
+    until = real.filter(pl.col("code").str.starts_with("MC//"))["time"][5]
+    cont = markov_model.condition({"history": real, "until": until}, n=4, seed=0)
+    hist = real.filter(pl.col("time").is_not_null() & (pl.col("time") <= until))
+    for sid in range(1, 5):
+        rec = cont.filter((pl.col("subject_id") == sid) & pl.col("time").is_not_null())
+        assert rec["code"].to_list()[: hist.height] == hist["code"].to_list()
+        assert rec["time"].to_list()[: hist.height] == hist["time"].to_list()
+    assert check_records(cont)["valid"].all()
+    with pytest.raises(ConditioningError, match="race"):
+        markov_model.condition({"race": "MARTIAN"})
+
+
+def test_kv_cache_steps_match_the_full_forward():
+    torch.manual_seed(0)
+    m = TrajectoryTransformer(50, d_model=32, n_layers=2, n_heads=2).eval()
+    T, prefix, window = 60, 5, 15
+    seq = torch.randint(3, 50, (2, T))
+    cache = m.new_cache(2, prefix, window)
+    steps = torch.stack([m.step(seq[:, t], torch.full((2,), t), cache) for t in range(T)], 1)
+    half = (window - 1) // 2
+    mask = torch.zeros(T, T, dtype=torch.bool)
+    for q in range(T):
+        j = q - prefix
+        start = max(0, (j // half - 1) * half) if j >= 0 else 0
+        for k in range(q + 1):
+            mask[q, k] = k < prefix or (k - prefix) >= start
+    with torch.no_grad():
+        full = m(seq, torch.arange(T).expand(2, T), mask[None, None])
+    assert torch.allclose(steps, full, atol=1e-5)
+    # the visible span never exceeds what a training window of `window` timeline tokens holds
+    assert int(mask[prefix:, prefix:].sum(1).max()) <= window - 1
+
+
+def test_code_embeddings_are_tied_through_the_hierarchy(demo_vocab):
+    v = demo_vocab
+    nodes_of = {}
+    for t, n in zip(v.h_tok.tolist(), v.h_node.tolist()):
+        nodes_of.setdefault(t, []).append(v.node_names[n])
+    # ICD chapter / category nodes and metadata parents exist and are shared
+    assert any(n.startswith("DIAGNOSIS//ICD//10//chapter") for n in v.node_names)
+    assert any(n.startswith("PARENT//LOINC/") for n in v.node_names)
+    i = next(i for i, ns in nodes_of.items() if any(n.startswith("DIAGNOSIS//ICD//9//chapter") for n in ns))
+    assert "DIAGNOSIS//ICD//9" in nodes_of[i] and "DIAGNOSIS" in nodes_of[i]
+    torch.manual_seed(0)
+    m = TrajectoryTransformer(len(v), d_model=16, n_layers=1, n_heads=2, n_nodes=len(v.node_names),
+                              h_tok=v.h_tok, h_node=v.h_node)
+    E = m.embedding_matrix()
+    node_sum = torch.zeros_like(E).index_add(0, torch.as_tensor(v.h_tok), m.node_emb.weight[torch.as_tensor(v.h_node)])
+    assert torch.allclose(E, m.tok_emb.weight + node_sum)
+    # a gradient on one code reaches its parents, hence every sibling's embedding
+    E[i].sum().backward()
+    touched = torch.nonzero(m.node_emb.weight.grad.abs().sum(1)).flatten().tolist()
+    assert sorted(touched) == sorted(v.node_names.index(n) for n in nodes_of[i])
+
+
+def test_cli_train_generate_validate(tmp_path, capsys):
+    import argparse
+
+    from synthehr.models.trajectory import cli
+
+    root = tmp_path / "meds"
+    (root / "data" / "train").mkdir(parents=True)
+    markov_events(60, P, np.full(4, 0.25), 0.1, seed=1).write_parquet(root / "data" / "train" / "0.parquet")
+    args = argparse.Namespace(model="trajectory", data=str(root), out=str(tmp_path / "model"), split="train",
+                              param=["d_model=16", "n_layers=1", "n_heads=2", "context=32", "epochs=1", "max_len=120"])
+    assert cli.train_command(args) == 0 and cli.is_trajectory_model(tmp_path / "model")
+    assert not cli.is_trajectory_model(root)
+    for out, prompt in (("u", None), ("d", ["sex=F", "age=41"]),
+                        ("h", [f"history={root}", "subject=3", "until=2200-01-01"])):
+        ns = argparse.Namespace(model=str(tmp_path / "model"), n=4, out=str(tmp_path / out), seed=0, prompt=prompt)
+        assert cli.generate_command(ns) == 0
+        ev = pl.read_parquet(tmp_path / out / "data" / "train" / "0.parquet")
+        assert ev["subject_id"].n_unique() == 4
+    parser = argparse.ArgumentParser()
+    cli.register_cli(parser.add_subparsers(dest="command"))
+    ns = parser.parse_args(["trajectory-validate", str(tmp_path / "d")])
+    assert ns.func(ns) == 0
+    assert "4 structurally valid" in capsys.readouterr().out
+    with pytest.raises(ConditioningError, match="prompt"):
+        cli.parse_prompt(["colour=blue"])
