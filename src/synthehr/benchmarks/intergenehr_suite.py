@@ -37,7 +37,8 @@ III  imputation at a 50 % mask (split "mask50"): n_eval test rows, each feature 
      `--impute-draws` draws for a stochastic model (the conditional-mean estimate), the one output
      of a deterministic imputer; imputation_mse_single: one draw. imputation_nll: per hidden
      continuous cell, -log p(x_u | x_o) from the model's own conditional density (Monte Carlo with
-     `--nll-samples` latent draws for the VAE family, exact for the Gaussian), standardized units;
+     `--nll-samples` latent draws for the VAE family, a stochastic lower bound on the log-likelihood,
+     so its NLL errs high; exact for the Gaussian), standardized units;
      imputation_nll_draws: a Gaussian fitted to the draws (`gaussian_nll`, any stochastic imputer).
      reconstruct_ms (split "latency"): median wall time of `condition(observed cells of one test
      row, n=100)` over `--latency-rows` rows.
@@ -659,9 +660,9 @@ def table_vii(run: Run) -> None:
     xcols = [c for c in schema.names if c != label]
     y_test = ls[label].to_numpy()
     run.notes.append(f"Table VII: last-6-bins layout, {len(lt)} training stays x {len(schema.names)} columns, "
-                     f"{len(ls)} test stays; classifier = random forest ({s.tstr_trees} trees, median imputation + scaling, "
-                     f"`make_classifier`); noise samples of {len(lt)} rows; random_masks: each training layout cell "
-                     f"(label included) hidden with p = 0.5 and re-generated")
+                     f"{len(ls)} test stays; classifier = random forest ({s.tstr_trees} trees, median imputation + "
+                     f"scaling, `make_classifier`); noise samples of {len(lt)} rows; random_masks: each training "
+                     f"layout cell (label included) hidden with p = 0.5 and re-generated")
 
     x_test = ls[xcols].to_numpy(dtype=float)
 
@@ -787,8 +788,8 @@ def check_targets(rows: list[dict], dataset: str) -> list[str]:
             pv = {p: _v(rows, "I", p, metric, "test") for p in peers}
             pv = {p: x for p, x in pv.items() if x is not None}
             if pv:
-                say(all(v < x for x in pv.values()),
-                    f"Table I {m} {metric} better than every peer ({', '.join(f'{p} {_fmt(x)}' for p, x in pv.items())})")
+                listed = ", ".join(f"{p} {_fmt(x)}" for p, x in pv.items())
+                say(all(v < x for x in pv.values()), f"Table I {m} {metric} better than every peer ({listed})")
     # Table VII
     for m in ours:
         for split in ("noise", "random_masks"):
