@@ -213,8 +213,10 @@ def _json_default(o: Any):
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
-def load_model(path: str | Path) -> Generator:
-    """Load any saved generator. Validates every file before building the model; runs no stored code."""
+def read_verified_folder(path: str | Path, extra_fields: tuple[str, ...] = ()) -> tuple[dict, dict[str, np.ndarray]]:
+    """Every check a saved model folder must pass before any model is built: files present, sha256 as in
+    manifest.json, config fields (plus `extra_fields`), format version, tensors as config.json declares.
+    Shared by `load_model` and models with their own loaders (trajectory)."""
     path = Path(path)
     if not path.is_dir():
         raise ModelFileError(f"{path}: no such model folder")
@@ -232,26 +234,33 @@ def load_model(path: str | Path) -> Generator:
         config = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as e:
         raise ModelFileError(f"{path / 'config.json'}: not valid JSON ({e})") from None
-    for key in ("format_version", "model_type", "hyperparameters", "schema", "state", "tensors"):
+    for key in ("format_version", "model_type", "hyperparameters", "state", "tensors", *extra_fields):
         if key not in config:
             raise ModelFileError(f"{path / 'config.json'}: field {key!r} is missing")
     if config["format_version"] != FORMAT_VERSION:
         raise ModelFileError(f"{path / 'config.json'}: format_version {config['format_version']} is not supported")
-    _import_model_modules()
-    cls = _REGISTRY.get(config["model_type"])
-    if cls is None:
-        raise ModelFileError(f"{path / 'config.json'}: unknown model_type {config['model_type']!r}; "
-                             f"known: {sorted(_REGISTRY)}")
     try:
         tensors = load_file(str(path / "weights.safetensors"))
     except Exception as e:  # safetensors raises its own error types
         raise ModelFileError(f"{path / 'weights.safetensors'}: cannot be read ({e})") from None
     expected = config["tensors"]
     if set(expected) != set(tensors):
-        raise ModelFileError(f"{path}: weights hold {sorted(tensors)}, config.json expects {sorted(expected)}")
+        raise ModelFileError(f"{path}: weights hold {sorted(tensors)[:5]}…, config.json expects {sorted(expected)[:5]}…")
     for k, meta in expected.items():
         if list(tensors[k].shape) != meta["shape"]:
             raise ModelFileError(f"{path}: tensor {k!r} has shape {list(tensors[k].shape)}, expected {meta['shape']}")
+    return config, tensors
+
+
+def load_model(path: str | Path) -> Generator:
+    """Load any saved generator. Validates every file before building the model; runs no stored code."""
+    path = Path(path)
+    config, tensors = read_verified_folder(path, extra_fields=("schema",))
+    _import_model_modules()
+    cls = _REGISTRY.get(config["model_type"])
+    if cls is None:
+        raise ModelFileError(f"{path / 'config.json'}: unknown model_type {config['model_type']!r}; "
+                             f"known: {sorted(_REGISTRY)}")
     model = cls(**config["hyperparameters"])
     model.schema_ = TableSchema.from_json(config["schema"])
     model.set_state(tensors, config["state"])

@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import polars as pl
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from synthehr.errors import ConditioningError, DataError, ModelFileError
-from synthehr.models.base import FORMAT_VERSION, _json_default, _sha256
+from synthehr.models.base import FORMAT_VERSION, _json_default, _sha256, read_verified_folder
 from synthehr.models.trajectory.data import TokenStore, evaluate_loss, train
 from synthehr.models.trajectory.grammar import Grammar
 from synthehr.models.trajectory.model import TrajectoryTransformer
@@ -401,42 +401,6 @@ class TrajectoryGenerator:
         return gen
 
 
-def read_verified_folder(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """The checks of `synthehr.models.base.load_model` for a non-tabular model folder: files present,
-    sha256 as in manifest.json, config fields, format version, tensors as config.json declares."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ModelFileError(f"{path}: no such model folder")
-    for name in ("config.json", "weights.safetensors", "manifest.json"):
-        if not (path / name).is_file():
-            raise ModelFileError(f"{path}: model folder is incomplete, {name} is missing")
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"{path / 'manifest.json'}: not valid JSON ({e})") from None
-    for name in ("config.json", "weights.safetensors"):
-        if manifest.get(name) != _sha256(path / name):
-            raise ModelFileError(f"{path / name}: checksum does not match manifest.json (file changed or truncated)")
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"{path / 'config.json'}: not valid JSON ({e})") from None
-    for key in ("format_version", "model_type", "hyperparameters", "state", "tensors"):
-        if key not in config:
-            raise ModelFileError(f"{path / 'config.json'}: field {key!r} is missing")
-    if config["format_version"] != FORMAT_VERSION:
-        raise ModelFileError(f"{path / 'config.json'}: format_version {config['format_version']} is not supported")
-    try:
-        tensors = load_file(str(path / "weights.safetensors"))
-    except Exception as e:  # safetensors raises its own error types
-        raise ModelFileError(f"{path / 'weights.safetensors'}: cannot be read ({e})") from None
-    expected = config["tensors"]
-    if set(expected) != set(tensors):
-        raise ModelFileError(f"{path}: weights hold {sorted(tensors)[:5]}…, config.json expects {sorted(expected)[:5]}…")
-    for k, meta in expected.items():
-        if list(tensors[k].shape) != meta["shape"]:
-            raise ModelFileError(f"{path}: tensor {k!r} has shape {list(tensors[k].shape)}, expected {meta['shape']}")
-    return config, tensors
 
 
 def is_trajectory_model(path: str | Path) -> bool:
