@@ -79,6 +79,10 @@ def _write_table(df, path: str) -> Path:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.model == "trajectory":  # trains on a MEDS event stream, not on the ICU grid
+        from synthehr.models.trajectory.cli import train_command
+
+        return train_command(args)
     from synthehr.models.training import train_model
 
     hp = {k: v for k, v in _parse_conditions(args.param).items()}
@@ -89,6 +93,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from synthehr.models.trajectory.cli import is_trajectory_model
+
+    if is_trajectory_model(args.model):  # whole-patient event records → a MEDS folder
+        if args.condition or args.label is not None or getattr(args, "enforce", None) or getattr(args, "bound", None):
+            raise SynthEHRError("a trajectory model takes --prompt (sex=, age=, race=, or history=, subject=, "
+                                "until=), not --condition/--label/--enforce/--bound")
+        from synthehr.models.trajectory.cli import generate_command
+
+        return generate_command(args)
+    if args.prompt:
+        raise SynthEHRError(f"--prompt is for trajectory models; {args.model} is a table model (use --condition)")
     from synthehr.models.base import load_model
 
     model = load_model(args.model)
@@ -174,6 +189,7 @@ PLUGIN_MODULES = (
     "synthehr.models.conditional.cli",
     "synthehr.audit.cli",
     "synthehr.app.cli",
+    "synthehr.models.trajectory.cli",
 )
 
 
@@ -195,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(func=_cmd_prepare)
 
     train = sub.add_parser("train", help="fit a generator on a prepared dataset's ICU grid and save it")
-    train.add_argument("--model", required=True, help="pmvae | vaeac | vae | gaussian | independent_marginals | ...")
-    train.add_argument("--data", required=True, help="prepared folder (from synthehr prepare)")
+    train.add_argument("--model", required=True,
+                       help="pmvae | vaeac | vae | flexgen | gaussian | independent_marginals | trajectory | ...")
+    train.add_argument("--data", required=True,
+                       help="prepared folder (from synthehr prepare); for trajectory, a MEDS root or a prepared folder")
     train.add_argument("--out", required=True, help="model folder to write")
     train.add_argument("--split", default="train")
     train.add_argument("--param", action="append", metavar="NAME=VALUE", help="hyper-parameter (repeatable)")
@@ -209,7 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fix a feature; the rest is generated given it (repeatable)")
     gen.add_argument("--label", type=int, choices=[0, 1], help="outcome label to generate (e.g. 1 = died in hospital)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", required=True, help=".parquet or .csv")
+    gen.add_argument("--out", required=True, help=".parquet or .csv; for a trajectory model, a MEDS folder")
+    gen.add_argument("--prompt", action="append", metavar="NAME=VALUE",
+                     help="trajectory models: sex=F, age=67 or age=65-69, race=WHITE (demographic prompt), or "
+                          "history=MEDS_DIR subject=ID until=TIME (continue a real patient) (repeatable)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="trajectory models: sampling temperature")
+    gen.add_argument("--top-p", type=float, default=1.0,
+                     help="trajectory models: nucleus mass kept (1 = the full distribution, no truncation)")
     from synthehr.constraints.cli import add_generate_options
 
     add_generate_options(gen)

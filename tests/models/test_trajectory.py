@@ -338,3 +338,36 @@ def test_cli_train_generate_validate(tmp_path, capsys):
     assert "4 structurally valid" in capsys.readouterr().out
     with pytest.raises(ConditioningError, match="prompt"):
         cli.parse_prompt(["colour=blue"])
+
+
+def test_inverse_cdf_draws_match_the_weights_and_never_pick_zero_weight_tokens():
+    from synthehr.models.trajectory.sampler import _sample_rows
+
+    w = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.cat([_sample_rows(w.repeat(500, 1), 1.0, gen) for _ in range(40)])
+    freq = torch.bincount(draws, minlength=6).double() / draws.numel()
+    assert freq[[0, 2, 5]].sum() == 0
+    assert torch.allclose(freq, w.double(), atol=0.01)
+    # top_p = 0.6 keeps 0.5 (the most likely) and 0.3 (cumulative mass before it 0.5 < 0.6)
+    nuc = torch.cat([_sample_rows(w.repeat(500, 1), 0.6, gen) for _ in range(20)])
+    assert set(nuc.tolist()) == {1, 4}
+
+
+def test_main_cli_dispatches_trajectory_train_and_generate(tmp_path, capsys):
+    from synthehr.cli import main
+
+    root = tmp_path / "meds"
+    (root / "data" / "train").mkdir(parents=True)
+    markov_events(40, P, np.full(4, 0.25), 0.1, seed=2).write_parquet(root / "data" / "train" / "0.parquet")
+    params = [a for hp in ("d_model=16", "n_layers=1", "n_heads=2", "context=32", "epochs=1", "max_len=80")
+              for a in ("--param", hp)]
+    assert main(["train", "--model", "trajectory", "--data", str(root), "--out", str(tmp_path / "m"), *params]) == 0
+    assert main(["generate", "--model", str(tmp_path / "m"), "-n", "3", "--out", str(tmp_path / "s"),
+                 "--prompt", "sex=M", "--top-p", "0.95"]) == 0
+    ev = pl.read_parquet(tmp_path / "s" / "data" / "train" / "0.parquet")
+    assert ev["subject_id"].n_unique() == 3
+    # a table option on a trajectory model is refused with a message naming the right option
+    assert main(["generate", "--model", str(tmp_path / "m"), "-n", "3", "--out", str(tmp_path / "x"),
+                 "--condition", "ph=7.1"]) == 2
+    assert "--prompt" in capsys.readouterr().err

@@ -50,15 +50,34 @@ class SampleStats:
                 "mean_tokens_per_record": float(np.mean(self.lengths)) if self.lengths else float("nan")}
 
 
+def _draw(weights: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One exact draw per row by inverting the cumulative weights (float64).
+
+    torch.multinomial takes ~8 ms for 64 rows x 4k tokens on this CPU and dominated sampling; a cumsum
+    plus a binary search draws from the same distribution in a fraction of that.  A token of weight 0
+    is never drawn: its cumulative value equals its predecessor's, which the search finds first.
+    """
+    cdf = torch.cumsum(weights.to(torch.float64), dim=-1)
+    total = cdf[:, -1:]
+    u = torch.rand(weights.shape[0], 1, generator=gen, dtype=torch.float64) * total
+    idx = torch.searchsorted(cdf, u, right=True)[:, 0]
+    # u can round up to the total: fall back to the last token with positive weight
+    over = idx >= weights.shape[1]
+    if bool(over.any()):
+        last = weights.shape[1] - 1 - torch.argmax((weights[over].flip(-1) > 0).to(torch.int8), dim=-1)
+        idx[over] = last
+    return idx
+
+
 def _sample_rows(weights: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
     """One draw per row from non-negative (unnormalised) weights, nucleus-truncated when top_p < 1."""
     if top_p < 1.0:
         probs = weights / weights.sum(-1, keepdim=True)
         sp, si = torch.sort(probs, dim=-1, descending=True)
         keep = (torch.cumsum(sp, -1) - sp) < top_p  # always keeps the most likely token
-        choice = torch.multinomial(sp * keep, 1, generator=gen)[:, 0]
+        choice = _draw(sp * keep, gen)
         return si.gather(1, choice[:, None])[:, 0]
-    return torch.multinomial(weights, 1, generator=gen)[:, 0]
+    return _draw(weights, gen)
 
 
 @torch.no_grad()
@@ -94,7 +113,9 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
     cache = model.new_cache(B, PREFIX_LEN, context - PREFIX_LEN)
     state = grammar.initial(B)
     row_prompt = [-1] * B
-    row_tokens: list[list[int]] = [[] for _ in range(B)]
+    # tokens of each row's record so far: a preallocated buffer, so a step appends with one vectorised write
+    buf = np.zeros((B, max_len + 1), np.int32)
+    rlen = np.zeros(B, np.int64)
     pos = torch.zeros(B, dtype=torch.long)
     feed = torch.zeros(B, dtype=torch.long)
     hours = torch.zeros(B, dtype=torch.float64)
@@ -109,7 +130,8 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             active[r] = False
             return False
         row_prompt[r] = next_prompt
-        row_tokens[r] = [bos]
+        buf[r, 0] = bos
+        rlen[r] = 1
         next_prompt += 1
         pos[r] = 0
         feed[r] = bos
@@ -132,7 +154,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             pos, feed, hours = pos[keep].clone(), feed[keep].clone(), hours[keep].clone()
             kl = keep.tolist()
             row_prompt = [row_prompt[i] for i in kl]
-            row_tokens = [row_tokens[i] for i in kl]
+            buf, rlen = buf[kl], rlen[kl]
             active = np.ones(len(kl), bool)
             rows = torch.arange(len(kl))
         state = grammar.advance(state, feed)
@@ -145,7 +167,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         for r in (range(nb) if any_prompt else ()):
             if active[r]:
                 p = prompts[row_prompt[r]]
-                k = len(row_tokens[r])
+                k = int(rlen[r])
                 if k < p.size and p[k] >= 0:
                     forced[r] = p[k]
         allowed = grammar.allowed(state) if use_mask else None
@@ -180,28 +202,28 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
                     bad = int(fr[int(torch.nonzero(~ok)[0, 0])])
                     raise ConditioningError(
                         f"prompt {row_prompt[bad]}: token {grammar.vocab.tokens[forced[bad]]!r} at position "
-                        f"{len(row_tokens[bad])} breaks the record grammar")
+                        f"{int(rlen[bad])} breaks the record grammar")
         stats.forced_tokens += int((forced >= 0).sum())
-        nl = nxt.tolist()
-        for r in np.flatnonzero(active).tolist():
-            t = nl[r]
-            row_tokens[r].append(t)
-            done = t == eos or len(row_tokens[r]) >= max_len
-            if done:
-                seq = np.asarray(row_tokens[r], np.int32)
-                if seq[-1] != eos:  # only possible without the mask
-                    seq = np.r_[seq, np.int32(eos)]
-                stats.records += 1
-                stats.lengths.append(int(seq.size))
-                if bool(state.forced[r]):
-                    stats.closed_by_length_cap += 1
-                if on_record is None:
-                    results[row_prompt[r]] = seq
-                else:
-                    on_record(row_prompt[r], seq)
-                start_row(r)
+        act = np.flatnonzero(active)
+        tok = nxt.numpy()[act]
+        buf[act, rlen[act]] = tok
+        rlen[act] += 1
+        fin = (tok == eos) | (rlen[act] >= max_len)
+        go = act[~fin]
+        pos[go] += 1
+        feed[go] = torch.from_numpy(tok[~fin])
+        for r in act[fin].tolist():
+            seq = buf[r, : rlen[r]].copy()
+            if seq[-1] != eos:  # only possible without the mask
+                seq = np.r_[seq, np.int32(eos)]
+            stats.records += 1
+            stats.lengths.append(int(seq.size))
+            if bool(state.forced[r]):
+                stats.closed_by_length_cap += 1
+            if on_record is None:
+                results[row_prompt[r]] = seq
             else:
-                pos[r] += 1
-                feed[r] = t
+                on_record(row_prompt[r], seq)
+            start_row(r)
     stats.seconds += time.perf_counter() - t0
     return results if on_record is None else None
