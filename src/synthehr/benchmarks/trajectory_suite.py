@@ -102,7 +102,7 @@ def run_dataset(args) -> list[Path]:
                     "steps": abl.info_["train"]["steps"]}
         print(f"without hierarchy: held-out NLL {ablation['held_out']:.3f}", flush=True)
     n_syn = args.n_synthetic or int(train_real["subject_id"].n_unique())
-    syn_dir = work / "synthetic"
+    syn_dir = work / "trajectory"  # the folder name is the model name in the audit results
     t1 = time.perf_counter()
     sinfo = gen.sample_to_meds(syn_dir, n_syn, seed=args.seed, batch_size=args.batch_size, max_len=args.max_len,
                                progress=lambda m: print(f"  {m}", flush=True))
@@ -221,6 +221,12 @@ def run_dataset(args) -> list[Path]:
     out = write_results(SUITE, dataset, rows, args.out, notes=notes)
     (work / "fit_info.json").write_text(json.dumps(info, indent=2, default=str))
     print(f"  → {out[0]}\n  → {out[1]}")
+    if args.audit:
+        # the clinical-consistency audit (rules of synthehr.audit) of the generated records against the real ones
+        from synthehr.benchmarks.audit_suite import run_audit_benchmark
+
+        out = [*out, *run_audit_benchmark(root, Path(args.out), synthetic=syn_dir, dataset=dataset, seed=args.seed,
+                                          throughput_records=args.audit_throughput_records)]
     return list(out)
 
 
@@ -341,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ablate-hierarchy", action="store_true",
                     help="also train without hierarchy tying (same budget) and report its NLL")
+    ap.add_argument("--no-audit", dest="audit", action="store_false",
+                    help="skip the clinical-consistency audit of the generated records (synthehr benchmark audit)")
+    ap.add_argument("--audit-throughput-records", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-dir", help="reuse a saved trajectory model instead of training one")
     ap.add_argument("--work", help="folder for models, corpora and synthetic data (default: a temp folder)")
