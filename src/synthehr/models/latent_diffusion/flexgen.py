@@ -24,8 +24,12 @@ Record = one row of a stay table (`stay_table`): static columns, temporal column
    steps or DDIM with `ddim_steps` (``sampler``).  With this short schedule ᾱ_T ≈ 0.78, so the
    reverse process starts from the forward marginal of a label-specific Gaussian fitted to the
    training latents (documented in `diffusion`), not from N(0, I).
-4. **Decode** z^T → temporal grid, z^S → static columns.  Continuous cells are the decoder mean;
-   binary / categorical cells are drawn from the decoder's probabilities.
+4. **Decode** z^T → temporal grid, z^S → static columns.  Continuous cells are the decoder mean
+   plus Gaussian noise of `decoder_noise` × the column's reconstruction RMSE (default 1.0: a draw
+   from the decoder's Gaussian with the residual sd fitted on the training stays; the mean alone is
+   smoother than the data).  The noise is independent across cells, so it restores the marginal
+   spread, not the within-stay autocorrelation of the residuals; binary / categorical cells are
+   drawn from the decoder's probabilities.
 
 Deviation from Algorithm 1: its loop alternates alignment, diffusion and encoder updates every
 epoch ("train encoders and decoders based on G(z)").  Here the VAEs are trained first and frozen,
@@ -41,7 +45,8 @@ Generation:
     mask-aware encoder's posterior mean) and held fixed; the other modality's latent is generated
     by latent inpainting (replacement) under guidance, starting from the label Gaussian
     conditioned on the known latent.  Its unobserved cells are decoded from that fixed latent, so
-    continuous ones are the decoder's point reconstruction (they do not vary between draws);
+    continuous ones are the decoder's point reconstruction (plus `decoder_noise`; they vary between
+    draws only by that noise);
   - observed cells of a less-observed modality are honoured by sampling-importance-resampling:
     `condition_candidates` candidates per row are generated and one is drawn with probability
     ∝ the decoder likelihood of the observed cells (continuous noise = the VAE's reconstruction
@@ -53,6 +58,7 @@ Generation:
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Any, Sequence
 
@@ -64,7 +70,8 @@ from synthehr.errors import DataError, ModelFileError
 from synthehr.models.base import Generator, register
 from synthehr.models.latent_diffusion.alignment import (barycentric_projection, fit_affine_map, gw_coupling,
                                                        knn_impute)
-from synthehr.models.latent_diffusion.diffusion import Denoiser, Schedule, sample_latents, train_denoiser
+from synthehr.models.latent_diffusion.diffusion import (Denoiser, Schedule, denoiser_steps, sample_latents,
+                                                       train_denoiser)
 from synthehr.models.latent_diffusion.stay_table import modality_columns, parse_temporal, temporal_name
 from synthehr.models.latent_diffusion.vae_static import ColumnCodec, StaticVAE, kl_divergence
 from synthehr.models.latent_diffusion.vae_temporal import TemporalVAE
@@ -73,6 +80,10 @@ from synthehr.models.schema import ColumnSpec
 __all__ = ["FlexGenEHR"]
 
 _SAMPLERS = ("ddpm", "ddim")
+# Chosen on a 3000/1000 split of PhysioNet 2012 set-a (benchmarks/results/flexgen-physionet2012.md): the
+# decoder mean is smoother than the data (decoding the encoder means of the training stays already gives a
+# kernel MMD of 0.012); 1.0 = draw continuous cells from the decoder's Gaussian with the fitted residual sd.
+DEFAULT_DECODER_NOISE = 1.0
 _IMPUTATIONS = ("gw", "knn")
 
 
@@ -119,6 +130,8 @@ class FlexGenEHR(Generator):
       gw_epsilon, gw_max_points, gw_label_aware, knn_k, impute_noise       alignment details
       condition_candidates, condition_known_fraction                       conditioning (module docstring)
       log_skewed                 log1p skewed non-negative continuous columns before standardizing
+      decoder_noise              continuous cells = decoder mean + decoder_noise × (per-column reconstruction
+                                 RMSE) × N(0, 1) when generating; 0 = the decoder mean (see module docstring)
       threads                    torch intra-op threads while fitting/sampling (0 = leave as is)
       seed                       training seed; sampling is seeded by `sample(..., seed=)`
     """
@@ -135,7 +148,7 @@ class FlexGenEHR(Generator):
                  imputation: str = "gw", gw_epsilon: float = 0.005, gw_max_points: int = 500,
                  gw_label_aware: bool = True, knn_k: int = 5, impute_noise: bool = True,
                  condition_candidates: int = 32, condition_known_fraction: float = 0.5, log_skewed: bool = True,
-                 threads: int = 1, seed: int = 0):
+                 decoder_noise: float = DEFAULT_DECODER_NOISE, threads: int = 1, seed: int = 0):
         static_hidden = [_int("static_hidden sizes", h) for h in static_hidden]
         if encoder not in ("lstm", "cnn"):
             raise ValueError(f"encoder must be 'lstm' or 'cnn', got {encoder!r}")
@@ -146,7 +159,7 @@ class FlexGenEHR(Generator):
         if not 0.0 < float(beta_start) < float(beta_end) < 1.0:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
         for name, v in (("kl_weight", kl_weight), ("guidance_weight", guidance_weight), ("gw_epsilon", gw_epsilon),
-                        ("lr", lr), ("ddim_eta", ddim_eta)):
+                        ("lr", lr), ("ddim_eta", ddim_eta), ("decoder_noise", decoder_noise)):
             if not float(v) >= 0.0:
                 raise ValueError(f"{name} must be non-negative, got {v!r}")
         for name, v in (("p_uncond", p_uncond), ("encoder_dropout", encoder_dropout),
@@ -168,7 +181,7 @@ class FlexGenEHR(Generator):
                   gw_label_aware=bool(gw_label_aware), knn_k=_int("knn_k", knn_k), impute_noise=bool(impute_noise),
                   condition_candidates=_int("condition_candidates", condition_candidates),
                   condition_known_fraction=float(condition_known_fraction), log_skewed=bool(log_skewed),
-                  threads=_int("threads", threads, 0), seed=_int("seed", seed, 0))
+                  decoder_noise=float(decoder_noise), threads=_int("threads", threads, 0), seed=_int("seed", seed, 0))
         super().__init__(**hp)
         for k, v in hp.items():
             setattr(self, k, v)
@@ -509,13 +522,19 @@ class FlexGenEHR(Generator):
         out_s = torch.cat([self.static_vae_.decode(zs[i:i + 4096]) for i in range(0, len(zs), 4096)])
         return out_s.double().numpy(), out_t.double().numpy()
 
-    def _to_table(self, zn: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    def _to_table(self, zn: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+                  timings: dict[str, float] | None = None) -> pd.DataFrame:
+        t0 = time.perf_counter()
         out_s, out_t = self._decoder_outputs(zn)
+        if timings is not None:
+            timings["decoder_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         n = len(zn)
+        noise = self.decoder_noise
         cols: dict[str, Any] = {}
-        for spec, codes in zip(self.static_specs_, self.static_codec_.decode(out_s, rng)):
+        for spec, codes in zip(self.static_specs_, self.static_codec_.decode(out_s, rng, noise=noise)):
             cols[spec.name] = self._column(spec, codes)
-        t_codes = self.temporal_codec_.decode(out_t.reshape(n * self.steps_, -1), rng)
+        t_codes = self.temporal_codec_.decode(out_t.reshape(n * self.steps_, -1), rng, noise=noise)
         for spec, codes in zip(self.temporal_specs_, t_codes):
             codes = codes.reshape(n, self.steps_)
             for k in range(self.steps_):
@@ -527,7 +546,10 @@ class FlexGenEHR(Generator):
             spec = self.schema_[self.label_]
             cols[self.label_] = (_levels(spec, yy) if spec.kind == "categorical"
                                  else np.asarray([self.classes_[i] for i in yy], dtype=np.int64))
-        return pd.DataFrame(cols, columns=self.schema_.names)
+        out = pd.DataFrame(cols, columns=self.schema_.names)
+        if timings is not None:
+            timings["table_seconds"] = time.perf_counter() - t0
+        return out
 
     @staticmethod
     def _column(spec: ColumnSpec, codes: np.ndarray):
@@ -550,8 +572,14 @@ class FlexGenEHR(Generator):
         gen = torch.Generator().manual_seed(int(seed))
         y = self._draw_labels(n, rng)
         d = self.temporal_latent + self.static_latent
+        t0 = time.perf_counter()
         zn = self._generate(y, np.zeros((n, d)), np.zeros((n, d), dtype=bool), gen)
-        return self._to_table(zn, y, rng)
+        timings = {"latent_seconds": time.perf_counter() - t0,
+                   "denoiser_calls": float(len(denoiser_steps(self.timesteps, self.sampler, self.ddim_steps)))}
+        out = self._to_table(zn, y, rng, timings)
+        # wall-time breakdown of the last `sample` call (start + reverse diffusion, decoder nets, table)
+        self.sample_timings_ = timings
+        return out
 
     def _condition_rows(self, table: pd.DataFrame, observed: np.ndarray, rng: np.random.Generator,
                         seed: int) -> pd.DataFrame:

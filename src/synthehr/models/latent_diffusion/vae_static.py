@@ -152,17 +152,23 @@ class ColumnCodec:
                 self.resid_std[c] = float(np.sqrt(np.mean((flat_o[m, b.start] - flat_x[m, b.start]) ** 2)))
 
     # ---------------------------------------------------------------- decoding
-    def decode(self, out: np.ndarray, rng: np.random.Generator, stochastic: bool = True) -> list[np.ndarray]:
+    def decode(self, out: np.ndarray, rng: np.random.Generator, stochastic: bool = True,
+               noise: float = 0.0) -> list[np.ndarray]:
         """Decoder outputs (n, width) → per-column raw codes (continuous values, 0/1, level index).
 
-        Continuous cells are the decoder's mean; binary and categorical cells are drawn from the
-        decoder's probabilities (`stochastic`) or set to the most likely level.
+        Continuous cells are the decoder's mean plus, with `noise` > 0, a Gaussian draw of
+        `noise` × `resid_std` (the reconstruction RMSE, in the standardized — possibly log — space);
+        binary and categorical cells are drawn from the decoder's probabilities (`stochastic`) or set
+        to the most likely level.
         """
         cols = []
         for c, b in enumerate(self.blocks):
             o = out[:, b.start:b.start + b.width]
             if b.spec.kind == "continuous":
-                v = o[:, 0].astype(float) * self.scale[c] + self.loc[c]
+                mean = o[:, 0].astype(float)
+                if noise > 0:
+                    mean = mean + float(noise) * float(self.resid_std[c]) * rng.standard_normal(len(mean))
+                v = mean * self.scale[c] + self.loc[c]
                 cols.append(np.expm1(np.clip(v, None, 50.0)) if self.log[c] else v)
             elif b.spec.kind == "binary":
                 p = 1.0 / (1.0 + np.exp(-np.clip(o[:, 0].astype(float), -30, 30)))
