@@ -51,6 +51,15 @@ def test_sweep_checks_per_seed():
     assert [r["value"] for r in sweep_checks(lose) if r["metric"] == "target_met"] == [0.0]
 
 
+def test_sweep_fit_seconds_counts_the_shared_complete_fit_once():
+    from synthehr.benchmarks.flexgen_suite import _sweep_fit_seconds
+
+    rows = [make_row(m, "fit_seconds", v, split=f"p{p}-q{q}", seed=0, p=p, q=q)
+            for m, v, p, q in (("flexgen-gw", 10, 0, 0), ("knn+flexgen", 10, 0, 0), ("flexgen-gw", 7, 20, 0),
+                               ("knn+flexgen", 5, 20, 0))]
+    assert _sweep_fit_seconds(rows) == 22
+
+
 def test_sweep_markdown_aggregates_seeds():
     vals = {}
     for seed, (full, gw, knn) in enumerate([(0.80, 0.79, 0.77), (0.82, 0.79, 0.78), (0.81, 0.80, 0.75)]):
