@@ -33,9 +33,12 @@ II   perturbation (split "perturbed"): n_eval test rows, the clinician edit `--p
      perturbed real rows (features only).
 III  imputation at a 50 % mask (split "mask50"): n_eval test rows, each feature cell hidden with
      probability 0.5 (`random_mask`), the label always hidden and never scored. imputation_mse:
-     mean squared error in training-standard-deviation units of the point imputation = the mean of
-     `--impute-draws` draws for a stochastic model (the conditional-mean estimate), the one output
-     of a deterministic imputer; imputation_mse_single: one draw. imputation_nll: per hidden
+     mean squared error in training-standard-deviation units of the point imputation: for the VAE
+     family the model's own conditional mean (`conditional_mean`, a Monte Carlo mean over
+     `--mean-samples` latent draws, taken in raw units), for the other stochastic models the mean of
+     `--impute-draws` draws (the conditional-mean estimate), the one output of a deterministic
+     imputer; imputation_mse_draw_mean: the mean of the `--impute-draws` draws for the VAE family
+     too (the estimate used before `conditional_mean` existed); imputation_mse_single: one draw. imputation_nll: per hidden
      continuous cell, -log p(x_u | x_o) from the model's own conditional density (Monte Carlo with
      `--nll-samples` latent draws for the VAE family, a stochastic lower bound on the log-likelihood,
      so its NLL errs high; exact for the Gaussian), standardized units;
@@ -124,12 +127,13 @@ class Settings:
     max_train_rows: int = 5000
     n_synth: int = 0                 # 0: as many as the training table
     n_eval: int = 2000               # test rows for Tables II-IV
-    epochs: int = 40                 # VAE / VAEAC / PMVAE
+    epochs: int = 0                  # VAE / VAEAC / PMVAE; 0 = their default (≥ 40 epochs and ≥ 3,200 steps)
     ctgan_epochs: int = 30
     tvae_epochs: int = 60
     fd_max_rows: int = 1000          # ForestDiffusion training rows (0: the whole training table)
     missforest_max_rows: int = 0     # missForest training rows (0: the whole training table)
     impute_draws: int = 10
+    mean_samples: int = 100          # latent draws of `conditional_mean` (VAE family, Tables III/IV)
     nll_samples: int = 50
     latency_rows: int = 50
     perturb_feature: str = "map"
@@ -147,7 +151,7 @@ class Settings:
 def quick_settings(s: Settings, explicit: set[str]) -> Settings:
     """--quick: tiny epochs and sizes so the whole suite runs in well under a minute on the demo."""
     defaults = dict(models=QUICK_MODELS, max_train_rows=1000, n_synth=200, n_eval=100, epochs=2, ctgan_epochs=1,
-                    tvae_epochs=1, fd_max_rows=300, impute_draws=3, nll_samples=5, latency_rows=5,
+                    tvae_epochs=1, fd_max_rows=300, impute_draws=3, mean_samples=10, nll_samples=5, latency_rows=5,
                     constrained_n=100, full_fit_models=(), tstr_trees=25)
     for k, v in defaults.items():
         if k not in explicit:
@@ -259,7 +263,7 @@ def make_model(name: str, s: Settings, role: str = "generate"):
     from synthehr.models.training import make_generator
 
     if name in TORCH_MODELS:
-        return make_generator(name, epochs=s.epochs, seed=s.seed)
+        return make_generator(name, epochs=s.epochs or None, seed=s.seed)  # 0: the models' own default
     if name in ("gaussian", "independent_marginals"):
         return make_generator(name)
     from synthehr.benchmarks import peers
@@ -386,6 +390,12 @@ def imputation_block(run: Run, table_id: str, split: str, models: dict[str, Any]
             point = draws_f.mean(axis=0)
             m = {"imputation_mse": imputation_mse(truth[feats], point, f_hidden, reference=ref),
                  "impute_seconds": sec}
+            if hasattr(model, "conditional_mean"):  # the model's own E[x_u | x_o] (many latent draws)
+                cm, sec_cm = timed(lambda: model.conditional_mean(masked, num_samples=s.mean_samples, seed=s.seed))
+                m["imputation_mse_draw_mean"] = m["imputation_mse"]
+                m["imputation_mse"] = imputation_mse(truth[feats], cm[feats].to_numpy(dtype=float), f_hidden,
+                                                     reference=ref)
+                m["conditional_mean_seconds"] = sec_cm
             if stochastic:
                 m["imputation_mse_single"] = imputation_mse(truth[feats], draws_f[0], f_hidden, reference=ref)
                 if len(draws_f) >= 2:
@@ -513,7 +523,8 @@ def timing_extra(run: Run, fit_s: dict[str, float]) -> None:
             run.add("I", name, {"fit_seconds": sec}, "full_train")
             run.log(f"full-table fit {name}: {sec:.1f}s on {len(d.pool)} rows")
             run.notes.append(f"fit_seconds [full_train]: {name} fitted on all {len(d.pool)} training rows "
-                             f"({s.epochs} epochs) in {sec:.1f} s")
+                             f"({m.epochs_for(len(d.pool)) if hasattr(m, 'epochs_for') else s.epochs} epochs) "
+                             f"in {sec:.1f} s")
         except Exception as e:
             run.fail(f"full-table timing {name}", e)
 
@@ -888,8 +899,9 @@ def _run_dataset(s: Settings) -> tuple[list[dict], list[str], list[str]]:
         f"{data.source_note}: {len(data.pool)} training rows available, models fitted on {len(data.train)} "
         f"(--max-train-rows {s.max_train_rows}, seed {s.seed}; the same rows for every model), {len(data.test)} test "
         f"rows; {len(data.features)} features + label {data.label!r}",
-        f"settings: epochs {s.epochs} (vae/vaeac/pmvae), ctgan epochs {s.ctgan_epochs}, tvae epochs {s.tvae_epochs}, "
+        f"settings: epochs {s.epochs or 'model default (max(40, ceil(3200 / steps per epoch)))'} (vae/vaeac/pmvae), ctgan epochs {s.ctgan_epochs}, tvae epochs {s.tvae_epochs}, "
         f"synthetic n {n_synth}, n_eval {len(evalset)} test rows for Tables II-IV, impute draws {s.impute_draws}, "
+        f"conditional-mean latent draws {s.mean_samples}, "
         f"NLL latent samples {s.nll_samples}, torch threads {s.threads}, quick={s.quick}",
         *s.extra_notes,
     ]
@@ -981,7 +993,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default=str(CACHE), help="prepared-data cache folder")
     p.add_argument("--max-train-rows", type=int, help="training rows every model is fitted on (0 = all; "
                                                       "default 5000, --quick 1000)")
-    p.add_argument("--epochs", type=int, help="epochs of vae / vaeac / pmvae (default 40, --quick 2)")
+    p.add_argument("--epochs", type=int, help="epochs of vae / vaeac / pmvae (default 0 = the models' own: at "
+                                              "least 40 epochs and 3,200 optimizer steps; --quick 2)")
     p.add_argument("--models", help=f"comma list from {','.join(ALL_MODELS)} (default: all; --quick: "
                                     f"{','.join(QUICK_MODELS)})")
     p.add_argument("--tstr-models", help="models fitted on the last-6-bins layout for Table VII (default: "
@@ -995,6 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--missforest-max-rows", type=int, help="missForest training rows (default: the training table)")
     p.add_argument("--impute-draws", type=int)
     p.add_argument("--nll-samples", type=int)
+    p.add_argument("--mean-samples", type=int, help="latent draws of the VAE family's conditional mean "
+                                                    "(Tables III/IV point imputation; default 100)")
     p.add_argument("--latency-rows", type=int)
     p.add_argument("--perturb-feature")
     p.add_argument("--perturb-factor", type=float)
@@ -1010,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(a.threads or 1))
     options: dict[str, Any] = {}
     for k in ("cache", "n_synth", "n_eval", "ctgan_epochs", "tvae_epochs", "fd_max_rows", "missforest_max_rows",
-              "impute_draws",
+              "impute_draws", "mean_samples",
               "nll_samples", "latency_rows", "perturb_feature", "perturb_factor", "constrained_n", "threads", "seed",
               "tstr_trees"):
         v = getattr(a, k)

@@ -17,13 +17,13 @@ Training-data missing cells: the encoder sees only present cells (plus the prese
 ELBO scores only present cells, and o ⊂ present.
 
 Conditioning: z ~ q_θ(z | x_o, b), x ~ p(x | z), observed cells kept. Unconditional sampling:
-z ~ N(0, I). Defaults as the VAE (`latent_dim=16`, `hidden=(256, 256)`, `epochs=40`,
-`batch_size=256`, `lr=1e-3`), `n_components=10`.
+z ~ N(0, I). Defaults: `n_components=10`; the shared ones (`latent_dim`, `hidden`, `epochs`,
+`transform`, …) are `encoding.TorchGenerator`'s.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,7 +39,6 @@ from synthehr.models.conditional.encoding import (
     random_observed_mask,
     reparameterize,
     soft_floor,
-    split_gaussian,
 )
 
 __all__ = ["PosteriorMatchingVAE"]
@@ -49,13 +48,10 @@ __all__ = ["PosteriorMatchingVAE"]
 class PosteriorMatchingVAE(TorchGenerator):
     model_type = "pmvae"
 
-    def __init__(self, latent_dim: int = 16, hidden: Sequence[int] = (256, 256), epochs: int = 40,
-                 batch_size: int = 256, lr: float = 1e-3, seed: int = 0, mask_rate: float | None = None,
-                 sample_noise: bool = True, n_components: int = 10):
+    def __init__(self, *, n_components: int = 10, **common: Any):
         if isinstance(n_components, bool) or int(n_components) != n_components or int(n_components) < 1:
             raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
-        super().__init__(latent_dim=latent_dim, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
-                         seed=seed, mask_rate=mask_rate, sample_noise=sample_noise, n_components=int(n_components))
+        super().__init__(n_components=int(n_components), **common)
 
     def _build_nets(self) -> dict[str, nn.Module]:
         c, L, K = self.codec_, self.latent_dim, self.n_components
@@ -80,7 +76,7 @@ class PosteriorMatchingVAE(TorchGenerator):
 
     # ------------------------------------------------------------------- training
     def _loss(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        mu, lv = split_gaussian(self.nets_["encoder"](self._observed_input(x, present)))
+        mu, lv = self._gaussian_net("encoder", x, present)
         z = reparameterize(mu, lv)
         ll = self.codec_.log_lik(self.nets_["decoder"](z), x)
         neg_elbo = -(ll * present.to(ll.dtype)).sum(-1) + kl_diag_normal(mu, lv)

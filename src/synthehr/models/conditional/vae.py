@@ -16,13 +16,13 @@ plain VAE rows, so unconditional sampling is unaffected. This is a denoising-sty
 arbitrary-conditioning model: nothing trains q(z | x_o) to match the posterior it stands in for
 (the gap that VAEAC and Posterior Matching close).
 
-Defaults (`latent_dim=16`, `hidden=(256, 256)`, `epochs=40`, `batch_size=256`, `lr=1e-3`,
-`mask_augment=0.5`, `mask_rate=None`): see "Defaults and speed" in `encoding`.
+Defaults: `mask_augment=0.5`, `mask_rate=None`; the shared ones (`latent_dim`, `hidden`, `epochs`,
+`transform`, …) are `encoding.TorchGenerator`'s, see "Defaults and speed" in `encoding`.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,7 +34,6 @@ from synthehr.models.conditional.encoding import (
     mlp,
     random_observed_mask,
     reparameterize,
-    split_gaussian,
 )
 
 __all__ = ["VAE"]
@@ -44,13 +43,10 @@ __all__ = ["VAE"]
 class VAE(TorchGenerator):
     model_type = "vae"
 
-    def __init__(self, latent_dim: int = 16, hidden: Sequence[int] = (256, 256), epochs: int = 40,
-                 batch_size: int = 256, lr: float = 1e-3, seed: int = 0, mask_rate: float | None = None,
-                 mask_augment: float = 0.5, sample_noise: bool = True):
+    def __init__(self, *, mask_augment: float = 0.5, **common: Any):
         if not 0.0 <= float(mask_augment) <= 1.0:
             raise ValueError(f"mask_augment must be in [0, 1], got {mask_augment!r}")
-        super().__init__(latent_dim=latent_dim, hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr,
-                         seed=seed, mask_rate=mask_rate, sample_noise=sample_noise, mask_augment=float(mask_augment))
+        super().__init__(mask_augment=float(mask_augment), **common)
 
     def _build_nets(self) -> dict[str, nn.Module]:
         c = self.codec_
@@ -58,7 +54,7 @@ class VAE(TorchGenerator):
                 "decoder": mlp(self.latent_dim, self.hidden[::-1], c.out_dim)}
 
     def _encode(self, x: torch.Tensor, observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return split_gaussian(self.nets_["encoder"](self._observed_input(x, observed)))
+        return self._gaussian_net("encoder", x, observed)
 
     def _loss(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         masked = random_observed_mask(present, self.mask_rate)
