@@ -105,7 +105,7 @@ def first_admission_task(events, codes: list[str], hours: float = 48.0, stay_pre
             ["HOSPITAL_ADMISSION", "HOSPITAL_DISCHARGE", "ICU_ADMISSION", "ICU_DISCHARGE", "MEDS_DEATH"]))
     x = presence_matrix(window.select("subject_id", "code"), codes)
     x = x.reindex(stays["subject_id"].to_list()).fillna(0.0)
-    prof = profile_features(_pl(events).filter(pl.col("subject_id").is_in(stays["subject_id"])), [])
+    prof = profile_features(_pl(events).filter(pl.col("subject_id").is_in(stays["subject_id"].implode())), [])
     age = prof["age"].reindex(x.index)
     x = pd.concat([x, pd.DataFrame({"age": age.fillna(age.median() if age.notna().any() else 60.0).to_numpy(),
                                     "female": prof["female"].reindex(x.index).fillna(0).to_numpy()}, index=x.index)],
