@@ -107,7 +107,7 @@ def test_quick_run_with_two_sweep_seeds(tmp_path, demo_raw):
         assert len(cache) == 1 and len(cache[0].read_text().splitlines()) == 4   # 2 seeds x 2 settings
         # a rerun takes every point from the cache (the file does not grow) and reuses the main table
         rc = main(common + ["--results", str(tmp_path / "r2"), "--jobs", "1",
-                            "--main-from", str(tmp_path / "r" / "flexgen-mimic-iv-demo.json")])
+                            "--main-from", str(tmp_path / "r" / "flexgen-mimic-iv-demo.json"), "--note", "hello"])
         assert rc == 0 and len(cache[0].read_text().splitlines()) == 4
         # another sweep configuration gets its own cache file
         assert main(common[:-4] + ["--sweep-diffusion-epochs", "2", "--seeds", "3", "--sweep-only", "--jobs", "0",
@@ -119,6 +119,7 @@ def test_quick_run_with_two_sweep_seeds(tmp_path, demo_raw):
     first = json.loads((tmp_path / "r" / "flexgen-mimic-iv-demo.json").read_text())
     assert again["rows"] == first["rows"]
     assert any("main table from flexgen-mimic-iv-demo.json" in n for n in again["notes"])
+    assert again["notes"][-1] == "hello" and any(n.startswith("this run's wall time") for n in again["notes"])
     doc = json.loads((tmp_path / "r" / "flexgen-mimic-iv-demo.json").read_text())
     md = (tmp_path / "r" / "flexgen-mimic-iv-demo.md").read_text()
     rows = doc["rows"]

@@ -683,7 +683,10 @@ def run(args) -> tuple[list[dict], list[dict], list[str]]:
                      "fit (nothing to impute); knn+flexgen = sklearn KNNImputer(k=5) on the standardized one-hot wide "
                      "table, then flexgen on the completed table; the sweep's fits took "
                      f"{_sweep_fit_seconds(sweep_rows):.0f} s in all (sum of fit_seconds on this shared CPU)")
-    notes.append(f"total wall time {time.perf_counter() - t_start:.0f} s")
+    wall = time.perf_counter() - t_start
+    notes.append(f"this run's wall time {wall:.0f} s (main table reused; sweep points computed now or read from the "
+                 "--sweep-cache)" if args.main_from else f"total wall time {wall:.0f} s")
+    notes.extend(args.note)
     return rows, sweep_rows, notes
 
 
@@ -744,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
                         "same configuration reuses them, so seeds can be added run by run")
     p.add_argument("--main-from", default="",
                    help="take the main table (rows, notes) from this earlier results JSON instead of recomputing it")
+    p.add_argument("--note", action="append", default=[], help="a free-text note for the results (repeatable)")
     p.add_argument("--sweep-only", action="store_true",
                    help="run only the sweep (fill --sweep-cache); writes no results files")
     p.add_argument("--seed", type=int, default=0)
