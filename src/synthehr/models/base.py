@@ -165,6 +165,21 @@ class Generator(ABC):
         if unknown:
             raise ConditioningError(f"unknown feature(s) {unknown}; this model knows {self.schema_.names}")
 
+    def _scored_inputs(self, table: pd.DataFrame, observed_mask) -> tuple[pd.DataFrame, np.ndarray]:
+        """Validate the arguments of `log_prob_unobserved`: the table in schema order and a boolean
+        (n, n_columns) mask of the cells conditioned on (an array, or a DataFrame with schema columns)."""
+        self._check_fitted()
+        self._check_observed_names(table.columns)
+        table = table.reindex(columns=self.schema_.names).reset_index(drop=True)
+        if isinstance(observed_mask, pd.DataFrame):
+            self._check_observed_names(observed_mask.columns)
+            observed_mask = observed_mask.reindex(columns=self.schema_.names, fill_value=False).to_numpy()
+        observed_mask = np.asarray(observed_mask, dtype=bool)
+        if observed_mask.shape != table.shape:
+            raise ConditioningError(f"observed_mask has shape {observed_mask.shape}, table has {table.shape}")
+        self.schema_.validate(table, where="scored table")
+        return table, observed_mask
+
     def _restore_observed(self, out: pd.DataFrame, given: pd.DataFrame, observed_mask: np.ndarray) -> pd.DataFrame:
         """Put the given cells back column by column with an explicit dtype.
 

@@ -309,16 +309,7 @@ class MultivariateGaussian(Generator):
         continuous cells that hold a value are scored jointly, and unobserved binary/categorical
         cells are marginalized out. A row with no scored cell gets 0.0 (log density of nothing).
         """
-        self._check_fitted()
-        self._check_observed_names(table.columns)
-        table = table.reindex(columns=self.schema_.names).reset_index(drop=True)
-        if isinstance(observed_mask, pd.DataFrame):
-            self._check_observed_names(observed_mask.columns)
-            observed_mask = observed_mask.reindex(columns=self.schema_.names, fill_value=False).to_numpy()
-        observed_mask = np.asarray(observed_mask, dtype=bool)
-        if observed_mask.shape != table.shape:
-            raise ConditioningError(f"observed_mask has shape {observed_mask.shape}, table has {table.shape}")
-        self.schema_.validate(table, where="scored table")
+        table, observed_mask = self._scored_inputs(table, observed_mask)
         z = (self._encode_raw(table) - self.loc_) / self.scale_
         present = ~np.isnan(z)
         emask = self._expand_mask(observed_mask)

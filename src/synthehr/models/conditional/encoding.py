@@ -628,17 +628,8 @@ class TorchGenerator(Generator):
         unless `include_discrete` (then their log-probabilities are added). Rows with nothing to
         score get 0.0. Deterministic for a fixed `seed`.
         """
-        self._check_fitted()
+        table, observed_mask = self._scored_inputs(table, observed_mask)
         num_samples = self._check_n(num_samples)
-        self._check_observed_names(table.columns)
-        table = table.reindex(columns=self.schema_.names).reset_index(drop=True)
-        if isinstance(observed_mask, pd.DataFrame):
-            self._check_observed_names(observed_mask.columns)
-            observed_mask = observed_mask.reindex(columns=self.schema_.names, fill_value=False).to_numpy()
-        observed_mask = np.asarray(observed_mask, dtype=bool)
-        if observed_mask.shape != table.shape:
-            raise ConditioningError(f"observed_mask has shape {observed_mask.shape}, table has {table.shape}")
-        self.schema_.validate(table, where="scored table")
         codec = self.codec_
         x_np, present = codec.encode(table)
         scored = ~observed_mask & present
