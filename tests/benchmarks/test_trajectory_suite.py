@@ -21,7 +21,7 @@ def test_trajectory_suite_writes_the_issue_metrics(tmp_path):
     got = {(r["model"], r["metric"], r["split"]) for r in rows}
     for metric in ("event_prob_r2", "event_prob_r2_floor", "event_prob_mean_bias"):
         assert ("trajectory", metric, "held_out") in got and ("trajectory", metric, "train") in got
-    for metric in ("structural_validity", "mia_auc", "patients_per_minute", "peak_rss_mb"):
+    for metric in ("structural_validity", "mia_auc", "patients_per_minute", "peak_rss_mb", "first_icu_active_hours_median"):
         assert any(m == "trajectory" and k == metric for m, k, _ in got), metric
     assert ("real", "event_prob_r2", "held_out") in got
     value = {(r["model"], r["metric"], r["split"]): r["value"] for r in rows}

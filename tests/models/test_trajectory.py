@@ -371,3 +371,19 @@ def test_main_cli_dispatches_trajectory_train_and_generate(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "m"), "-n", "3", "--out", str(tmp_path / "x"),
                  "--condition", "ph=7.1"]) == 2
     assert "--prompt" in capsys.readouterr().err
+
+
+def test_first_stay_hours_measures_the_first_icu_stay():
+    from datetime import datetime, timedelta
+
+    from synthehr.models.trajectory.metrics import first_stay_hours
+
+    t0 = datetime(2150, 1, 1)
+    h = lambda x: t0 + timedelta(hours=x)  # noqa: E731
+    ev = pl.DataFrame({"subject_id": [1, 1, 1, 1, 1, 1, 2, 2],
+                       "time": [h(-5), h(0), h(3), h(47.5), h(60), h(100), h(0), h(10)],
+                       "code": ["LAB//x", "ICU_ADMISSION//MICU", "LAB//x", "LAB//y", "ICU_DISCHARGE//MICU",
+                                "ICU_ADMISSION//MICU", "ICU_ADMISSION//SICU", "LAB//x"]})
+    st = first_stay_hours(ev).set_index("subject_id")
+    assert st.loc[1, "stay_hours"] == 60 and st.loc[1, "active_hours"] == 47.5
+    assert np.isnan(st.loc[2, "stay_hours"]) and st.loc[2, "active_hours"] == 10  # still open at the end

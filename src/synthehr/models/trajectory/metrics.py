@@ -156,3 +156,25 @@ def event_metrics(real, synth) -> dict:
 
 __all__ = ["cooccurrence", "event_metrics", "event_probability_bias_r2", "first_admission_task", "presence_matrix",
            "privacy", "profile_features", "top_codes", "tstr_mortality"]
+
+
+def first_stay_hours(events, open_prefix: str = "ICU_ADMISSION", close_prefix: str = "ICU_DISCHARGE") -> pd.DataFrame:
+    """Per subject, the first stay opened by `open_prefix`: its length (open → first close after it, hours)
+    and the hours from the open to the stay's last other event (how long measurements go on).
+
+    A generator that does not know how long it has been in a stay shows it here first: the events per
+    hour can match while the stays run far too long (e.g. past PhysioNet 2012's 48-hour window)."""
+    ev = _pl(events).filter(pl.col("time").is_not_null()).select("subject_id", "time", "code")
+    opens = (ev.filter(pl.col("code").str.starts_with(open_prefix)).group_by("subject_id")
+             .agg(pl.col("time").min().alias("t_open")))
+    ev = ev.join(opens, on="subject_id").filter(pl.col("time") >= pl.col("t_open"))
+    closes = (ev.filter(pl.col("code").str.starts_with(close_prefix)).group_by("subject_id")
+              .agg(pl.col("time").min().alias("t_close")))
+    ev = ev.join(closes, on="subject_id", how="left")
+    inside = ev.filter((pl.col("t_close").is_null() | (pl.col("time") <= pl.col("t_close")))
+                       & ~pl.col("code").str.starts_with(open_prefix) & ~pl.col("code").str.starts_with(close_prefix))
+    last = inside.group_by("subject_id").agg(pl.col("time").max().alias("t_last"))
+    out = opens.join(closes, on="subject_id", how="left").join(last, on="subject_id", how="left")
+    return out.select("subject_id",
+                      stay_hours=(pl.col("t_close") - pl.col("t_open")).dt.total_seconds() / 3600,
+                      active_hours=(pl.col("t_last") - pl.col("t_open")).dt.total_seconds() / 3600).to_pandas()
