@@ -44,22 +44,24 @@ class FakeServer:
                     reply = outer.replies.pop(0) if len(outer.replies) > 1 else outer.replies[0]
                 try:
                     time.sleep(outer.delay)
-                    if isinstance(reply, int):
-                        self.send_response(reply)
-                        self.end_headers()
-                        return
-                    payload = {"id": "x", "object": "chat.completion", "model": body.get("model"),
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": reply}}]}
-                    data = json.dumps(payload).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
                 finally:
+                    # done before the reply goes out: once the client has its reply it may send the next
+                    # request, and that one must not be counted as overlapping this one
                     with outer.lock:
                         outer.in_flight -= 1
+                if isinstance(reply, int):
+                    self.send_response(reply)
+                    self.end_headers()
+                    return
+                payload = {"id": "x", "object": "chat.completion", "model": body.get("model"),
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": reply}}]}
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
