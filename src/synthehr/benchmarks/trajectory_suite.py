@@ -149,10 +149,10 @@ def run_dataset(args) -> list[Path]:
         add(model, "inter_event_ks", ev["inter_event_time"]["ks"], "held_out")
     add(R, "seq_length_median", ev_syn["sequence_length"]["real_median"], "real_held_out")
     # how long the first ICU stay lasts, and how long its events go on (median hours)
-    for model, ev in ((T, synth), (R, ho_m)):
+    for model, ev, split in ((T, synth, ""), (R, ho_m, "held_out")):
         st = M.first_stay_hours(ev)
-        add(model, "first_icu_stay_hours_median", float(st["stay_hours"].median()), "held_out" if model == R else "")
-        add(model, "first_icu_active_hours_median", float(st["active_hours"].median()), "held_out" if model == R else "")
+        add(model, "first_icu_stay_hours_median", float(st["stay_hours"].median()), split)
+        add(model, "first_icu_active_hours_median", float(st["active_hours"].median()), split)
     # utility: in-hospital mortality of the first stay (first 48 h)
     codes100 = M.top_codes(tr_m, 100)
     stay = "HOSPITAL_ADMISSION" if tr_m["code"].str.starts_with("HOSPITAL_ADMISSION").any() else "ICU_ADMISSION"

@@ -705,13 +705,7 @@ class TorchGenerator(Generator):
                 levels = np.empty(len(spec.categories), dtype=object)
                 levels[:] = list(spec.categories)
                 result[spec.name] = levels[out[:, j].astype(np.int64)]
-        given = table.notna()
-        for name in self.schema_.names:  # observed cells exactly as given
-            if given[name].any():
-                result[name] = result[name].astype(object).where(~given[name], table[name]) \
-                    if self.schema_[name].kind == "categorical" else \
-                    np.where(given[name], pd.to_numeric(table[name], errors="coerce"), result[name])
-        return result
+        return self._restore_observed(result, table, table.notna().to_numpy())  # observed cells as given
 
     # -------------------------------------------------------------------- state
     def get_state(self) -> tuple[dict[str, np.ndarray], dict]:

@@ -9,7 +9,6 @@ vocabulary, training summary, synthehr version), weights.safetensors (no pickle)
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from collections import Counter
@@ -28,7 +27,7 @@ from synthehr.models.trajectory.grammar import Grammar
 from synthehr.models.trajectory.model import TrajectoryTransformer
 from synthehr.models.trajectory.sampler import SampleStats, generate
 from synthehr.models.trajectory.tokenizer import PREFIX_LEN, Encoded, Tokenizer, normalize_events
-from synthehr.models.trajectory.vocab import AGE_BUCKETS, Cat, Vocabulary, build_vocabulary
+from synthehr.models.trajectory.vocab import AGE_BUCKETS, Vocabulary, build_vocabulary
 
 MODEL_TYPE = "trajectory"
 DEFAULTS: dict[str, Any] = {
@@ -399,8 +398,6 @@ class TrajectoryGenerator:
         model.eval()
         gen.model_ = model
         return gen
-
-
 
 
 def is_trajectory_model(path: str | Path) -> bool:

@@ -154,10 +154,6 @@ def event_metrics(real, synth) -> dict:
                          _pl(synth).select("subject_id", "time", "code").to_pandas())
 
 
-__all__ = ["cooccurrence", "event_metrics", "event_probability_bias_r2", "first_admission_task", "presence_matrix",
-           "privacy", "profile_features", "top_codes", "tstr_mortality"]
-
-
 def first_stay_hours(events, open_prefix: str = "ICU_ADMISSION", close_prefix: str = "ICU_DISCHARGE") -> pd.DataFrame:
     """Per subject, the first stay opened by `open_prefix`: its length (open → first close after it, hours)
     and the hours from the open to the stay's last other event (how long measurements go on).
@@ -178,3 +174,8 @@ def first_stay_hours(events, open_prefix: str = "ICU_ADMISSION", close_prefix: s
     return out.select("subject_id",
                       stay_hours=(pl.col("t_close") - pl.col("t_open")).dt.total_seconds() / 3600,
                       active_hours=(pl.col("t_last") - pl.col("t_open")).dt.total_seconds() / 3600).to_pandas()
+
+
+__all__ = ["cooccurrence", "event_metrics", "event_probability_bias_r2", "first_admission_task", "first_stay_hours",
+           "presence_matrix", "privacy", "profile_features", "top_codes", "tstr_mortality"]
+
