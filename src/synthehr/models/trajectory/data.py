@@ -9,6 +9,7 @@ rows of `context` tokens with a block-diagonal causal mask, so short records was
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,64 +17,73 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
+from synthehr.models.trajectory.clock import ClockRoles, record_clocks
 from synthehr.models.trajectory.tokenizer import PREFIX_LEN, Encoded
 
 
 class TokenStore:
-    """tokens.bin (int32) and hours.bin (float32: hours since the record's first event after each token)."""
+    """tokens.bin (int32), hours.bin (float32: hours since the record's first event after each token) and
+    stay.bin (float32 pairs: hours since the open ICU / hospital stay began, -1 when none; see clock.py).
 
-    def __init__(self, root: str | Path, inc_hours: np.ndarray):
+    Windows are read with positioned reads (`os.pread`), not a memory map: mapped pages of a file count
+    in the process's resident memory, so a memory map would make RSS grow with the corpus."""
+
+    _FILES = (("tokens", np.int32, 1), ("hours", np.float32, 1), ("stay", np.float32, 2))
+
+    def __init__(self, root: str | Path, roles: ClockRoles):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._tok = self.root / "tokens.bin"
-        self._hours = self.root / "hours.bin"
-        self._inc = np.asarray(inc_hours, np.float64)
+        self._roles = roles
         self._offsets: list[int] = [0]
         self._subjects: list[int] = []
-        self._tok.write_bytes(b"")
-        self._hours.write_bytes(b"")
-        self._mm: np.memmap | None = None
-        self._hm: np.memmap | None = None
+        self._fds: dict[str, int] = {}
+        for name, _, _ in self._FILES:
+            (self.root / f"{name}.bin").write_bytes(b"")
 
     def append(self, enc: Encoded) -> None:
-        inc = self._inc[enc.tokens]
-        c = np.cumsum(inc)
-        starts = enc.offsets[:-1]
-        base = np.r_[0.0, c][starts]
-        hours = (c - np.repeat(base, np.diff(enc.offsets))).astype(np.float32)
-        with open(self._tok, "ab") as f:
-            f.write(enc.tokens.astype(np.int32).tobytes())
-        with open(self._hours, "ab") as f:
-            f.write(hours.tobytes())
-        self._hm = None
+        hours, stay = record_clocks(enc.tokens, enc.offsets, self._roles)
+        for (name, dt, _), arr in zip(self._FILES, (enc.tokens, hours, stay)):
+            with open(self.root / f"{name}.bin", "ab") as f:
+                f.write(np.ascontiguousarray(arr, dt).tobytes())
         base = self._offsets[-1]
         self._offsets += (base + enc.offsets[1:]).tolist()
         self._subjects += enc.subject_ids.tolist()
-        self._mm = None
 
     def finish(self) -> "TokenStore":
         np.save(self.root / "offsets.npy", np.asarray(self._offsets, np.int64))
         np.save(self.root / "subjects.npy", np.asarray(self._subjects, np.int64))
         return self
 
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
     @property
     def offsets(self) -> np.ndarray:
         return np.asarray(self._offsets, np.int64)
 
-    @property
-    def tokens(self) -> np.ndarray:
-        if self._mm is None:
-            n = self._offsets[-1]
-            self._mm = np.memmap(self._tok, dtype=np.int32, mode="r", shape=(n,)) if n else np.zeros(0, np.int32)
-        return self._mm
-
-    @property
-    def hours(self) -> np.ndarray:
-        if self._hm is None:
-            n = self._offsets[-1]
-            self._hm = np.memmap(self._hours, dtype=np.float32, mode="r", shape=(n,)) if n else np.zeros(0, np.float32)
-        return self._hm
+    def read(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tokens (n,), hours (n,) and stay clocks (n, 2) of the stored positions [start, start + n)."""
+        out = []
+        for name, dt, width in self._FILES:
+            fd = self._fds.get(name)
+            if fd is None:
+                fd = self._fds[name] = os.open(self.root / f"{name}.bin", os.O_RDONLY)
+            size = np.dtype(dt).itemsize * width
+            a = np.frombuffer(os.pread(fd, n * size, start * size), dtype=dt)
+            if a.size != n * width:
+                raise IndexError(f"{self.root / (name + '.bin')}: positions {start}..{start + n} past the end")
+            out.append(a.reshape(n, width) if width > 1 else a)
+        return out[0], out[1], out[2]
 
     def __len__(self) -> int:
         return len(self._subjects)
@@ -82,7 +92,8 @@ class TokenStore:
         return np.diff(self.offsets)
 
     def sequence(self, i: int) -> np.ndarray:
-        return np.asarray(self.tokens[self._offsets[i]: self._offsets[i + 1]])
+        a, b = self._offsets[i], self._offsets[i + 1]
+        return self.read(a, b - a)[0].copy()
 
 
 def make_windows(lengths: np.ndarray, context: int, stride_frac: float = 0.75) -> np.ndarray:
@@ -109,6 +120,7 @@ class Batch:
     pos: torch.Tensor      # (B, R) long rotary positions (jittered)
     rec_pos: torch.Tensor  # (B, R) long true positions in the record
     hours: torch.Tensor    # (B, R) float hours since the first event
+    stay: torch.Tensor     # (B, R, 2) float hours since the open ICU / hospital stay began (-1: none)
     mask: torch.Tensor     # (B, 1, R, R) bool
     targets: torch.Tensor  # (B, R) long, -100 = no loss
     n_tokens: int          # real (non-pad) input tokens
@@ -126,18 +138,17 @@ def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: n
     pos = np.zeros((rows, R), np.int64)
     rpos = np.zeros((rows, R), np.int64)
     hrs = np.zeros((rows, R), np.float32)
+    sty = np.full((rows, R, 2), -1.0, np.float32)
     doc = np.zeros((rows, R), np.int64)
     tgt = np.full((rows, R), -100, np.int64)
     offs = store.offsets
-    toks = store.tokens
-    hours = store.hours
     r, fill, used, ndoc = 0, 0, 0, 0
     for i, s, lf in windows.tolist():
         start = offs[i]
         n = offs[i + 1] - start
         nb = min(n - PREFIX_LEN, W)
-        seq = np.concatenate([toks[start: start + PREFIX_LEN], toks[start + PREFIX_LEN + s: start + PREFIX_LEN + s + nb]])
-        hr = np.concatenate([hours[start: start + PREFIX_LEN], hours[start + PREFIX_LEN + s: start + PREFIX_LEN + s + nb]])
+        pre, body = store.read(start, PREFIX_LEN), store.read(start + PREFIX_LEN + s, nb)
+        seq, hr, st = (np.concatenate([x, y]) for x, y in zip(pre, body))
         true_p = np.concatenate([np.arange(PREFIX_LEN), PREFIX_LEN + s + np.arange(nb)])
         u = int(rng.integers(0, jitter)) if jitter and rng is not None else 0
         p = np.concatenate([np.arange(PREFIX_LEN), PREFIX_LEN + s + u + np.arange(nb)])
@@ -153,6 +164,7 @@ def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: n
         pos[r, sl] = p[:-1]
         rpos[r, sl] = true_p[:-1]
         hrs[r, sl] = hr[:-1]
+        sty[r, sl] = st[:-1]
         doc[r, sl] = ndoc
         t = seq[1:].astype(np.int64).copy()
         if s > 0 or lf > 0:
@@ -166,15 +178,32 @@ def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: n
     mask = (d[:, :, None] == d[:, None, :]) & (ar[None, None, :] <= ar[None, :, None])
     mask = (mask & (d[:, :, None] > 0)) | torch.eye(R, dtype=torch.bool)[None]
     return Batch(torch.from_numpy(tok), torch.from_numpy(pos), torch.from_numpy(rpos), torch.from_numpy(hrs),
-                 mask[:, None], torch.from_numpy(tgt), int((doc > 0).sum())), used
+                 torch.from_numpy(sty), mask[:, None], torch.from_numpy(tgt), int((doc > 0).sum())), used
+
+
+LOSS_CHUNK = 1024  # target positions per logits block: caps the (positions x vocabulary) buffers
+
+
+def _chunk_nll(model, h: torch.Tensor, E: torch.Tensor, tg: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model.logits_of(h, E), tg, reduction="sum")
 
 
 def batch_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
-    h, E = model.hidden(batch.tokens, batch.pos, batch.mask, batch.rec_pos, batch.hours)
+    """Mean next-token NLL of the batch's targets.  The logits are computed LOSS_CHUNK positions at a
+    time and recomputed in the backward pass (activation checkpointing), so at ~32,000 event types the
+    largest buffer is one chunk's logits, not every position's (16 x 256 x 32k floats = 0.5 GB)."""
+    h, E = model.hidden(batch.tokens, batch.pos, batch.mask, batch.rec_pos, batch.hours, batch.stay)
     sel = batch.targets >= 0
-    logits = model.logits_of(h[sel], E)
-    tg = batch.targets[sel]
-    return F.cross_entropy(logits, tg), int(tg.numel())
+    hs, tg = h[sel], batch.targets[sel]
+    n = int(tg.numel())
+    if n <= LOSS_CHUNK:
+        return _chunk_nll(model, hs, E, tg) / max(n, 1), n
+    total = hs.new_zeros(())
+    for a in range(0, n, LOSS_CHUNK):
+        part = (model, hs[a:a + LOSS_CHUNK], E, tg[a:a + LOSS_CHUNK])
+        total = total + (checkpoint(_chunk_nll, *part, use_reentrant=False) if torch.is_grad_enabled()
+                         else _chunk_nll(*part))
+    return total / n, n
 
 
 @dataclass

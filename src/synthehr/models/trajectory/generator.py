@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 
 from synthehr.errors import ConditioningError, DataError, ModelFileError
 from synthehr.models.base import FORMAT_VERSION, _json_default, _sha256, read_verified_folder
+from synthehr.models.trajectory.clock import ClockRoles
 from synthehr.models.trajectory.data import TokenStore, evaluate_loss, train
 from synthehr.models.trajectory.grammar import Grammar
 from synthehr.models.trajectory.model import TrajectoryTransformer
@@ -35,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "min_subjects": 2, "max_codes": None, "n_value_bins": 10,
     # network
     "d_model": 128, "n_layers": 4, "n_heads": 4, "context": 256, "dropout": 0.0, "hierarchy": True,
+    "stay_clock": True,   # hours since the current ICU / hospital stay began as an input (clock.py)
     # training
     "epochs": 2.0, "batch_rows": 16, "lr": 2e-3, "max_steps": None, "max_seconds": None, "seed": 0,
     # sampling
@@ -86,7 +88,8 @@ class TrajectoryGenerator:
         for k in _INT_PARAMS:
             if hp[k] is not None:
                 hp[k] = int(hp[k])
-        hp["hierarchy"] = bool(hp["hierarchy"]) if not isinstance(hp["hierarchy"], str) else hp["hierarchy"].lower() in ("1", "true", "yes")
+        for k in ("hierarchy", "stay_clock"):
+            hp[k] = bool(hp[k]) if not isinstance(hp[k], str) else hp[k].lower() in ("1", "true", "yes")
         if hp["context"] <= PREFIX_LEN + 8:
             raise ConditioningError(f"context must exceed {PREFIX_LEN + 8} tokens, got {hp['context']}")
         self.hyperparameters = hp
@@ -113,7 +116,7 @@ class TrajectoryGenerator:
         repairs: Counter = Counter()
         tmp = tempfile.TemporaryDirectory(prefix="synthehr-traj-", dir=work_dir)
         try:
-            store = TokenStore(tmp.name, vocab.time_increments_hours())
+            store = TokenStore(tmp.name, ClockRoles.of(vocab))
             t1 = time.perf_counter()
             for shard in meds_shards(data, split):
                 enc, rep = tok.encode(shard)
@@ -128,6 +131,7 @@ class TrajectoryGenerator:
             log = train(model, store, context=hp["context"], rows=hp["batch_rows"], epochs=hp["epochs"], lr=hp["lr"],
                         seed=hp["seed"], max_steps=hp["max_steps"], max_seconds=hp["max_seconds"], progress=progress)
             train_loss = evaluate_loss(model, store, hp["context"], max_batches=20)
+            store.close()
         finally:
             tmp.cleanup()
         self.vocab_, self.model_ = vocab, model
@@ -151,7 +155,7 @@ class TrajectoryGenerator:
         return TrajectoryTransformer(len(vocab), d_model=hp["d_model"], n_layers=hp["n_layers"], n_heads=hp["n_heads"],
                                      n_nodes=len(vocab.node_names) if use_h else 0,
                                      h_tok=vocab.h_tok if use_h else None, h_node=vocab.h_node if use_h else None,
-                                     dropout=hp["dropout"])
+                                     dropout=hp["dropout"], stay_clock=hp["stay_clock"])
 
     def _threads(self) -> None:
         if self.hyperparameters.get("threads"):
@@ -177,7 +181,7 @@ class TrajectoryGenerator:
         self._threads()
         tok = self.tokenizer
         with tempfile.TemporaryDirectory(prefix="synthehr-traj-nll-") as tmp:
-            store = TokenStore(tmp, self.vocab_.time_increments_hours())
+            store = TokenStore(tmp, ClockRoles.of(self.vocab_))
             for shard in meds_shards(data, split):
                 store.append(tok.encode(shard)[0])
                 if max_tokens and store.offsets[-1] >= max_tokens:
@@ -185,7 +189,10 @@ class TrajectoryGenerator:
             store.finish()
             ctx = self.hyperparameters["context"]
             n_batches = int(np.ceil(store.offsets[-1] / (16 * ctx * 0.6))) + 1
-            return evaluate_loss(self.model_, store, ctx, max_batches=n_batches)
+            try:
+                return evaluate_loss(self.model_, store, ctx, max_batches=n_batches)
+            finally:
+                store.close()
 
     # ------------------------------------------------------------------ sampling
     def sample_tokens(self, prompts: list[np.ndarray], seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
@@ -195,7 +202,6 @@ class TrajectoryGenerator:
         self._threads()
         stats = SampleStats()
         out = generate(self.model_, self.grammar(max_len), prompts, context=self.hyperparameters["context"],
-                       inc_hours=self.vocab_.time_increments_hours(),
                        temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, use_mask=use_mask,
                        on_record=on_record, stats=stats)
         self.last_sample_stats_ = stats
@@ -382,7 +388,8 @@ class TrajectoryGenerator:
         if config["model_type"] != MODEL_TYPE:
             raise ModelFileError(f"{path}: holds a {config['model_type']!r} model, not {MODEL_TYPE!r}")
         try:
-            gen = cls(**config["hyperparameters"])
+            # models saved before the stay clock existed were built without it
+            gen = cls(**{"stay_clock": False, **config["hyperparameters"]})
             vocab = Vocabulary.from_state({k: v for k, v in tensors.items() if k.startswith("vocab.")},
                                           config["state"]["vocab"])
         except (KeyError, TypeError, ConditioningError) as e:

@@ -8,8 +8,9 @@
   so attention never depends on how far the timeline is from the demographic prefix), plus two "record
   clock" embeddings added to every token — log2 of its position in the record and half-octaves of the
   hours since the first event — so the model knows how far into the record it is (which a window alone
-  cannot tell) and can learn when records end.  Windows are `prefix + a chunk of the timeline` in training; in sampling
-  the KV cache pins the 5 demographic tokens and keeps a ring of timeline slots from which each token
+  cannot tell) and can learn when records end; and smooth features of the hours since the current ICU
+  and hospital stay began (clock.py), so it knows how long the current stay has lasted.
+* Windows are `prefix + a chunk of the timeline` in training; in sampling the KV cache pins the 5 demographic tokens and keeps a ring of timeline slots from which each token
   sees between half and all of a window's worth of recent tokens (see KVCache) — the span the training
   windows cover — so long records never outgrow the cache and never leave the trained range.
 """
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from synthehr.models.trajectory.clock import N_STAY_FEATURES, stay_features
 
 N_POS_BUCKETS = 20    # log2 of the position in the record
 N_TIME_BUCKETS = 40   # half-octaves of the hours elapsed since the first event
@@ -123,7 +126,7 @@ class KVCache:
 class TrajectoryTransformer(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
                  n_nodes: int = 0, h_tok: np.ndarray | None = None, h_node: np.ndarray | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, stay_clock: bool = True):
         super().__init__()
         if d_model % n_heads or (d_model // n_heads) % 2:
             raise ValueError(f"d_model {d_model} must split into {n_heads} heads of even size")
@@ -136,6 +139,8 @@ class TrajectoryTransformer(nn.Module):
             self.register_buffer("h_node", torch.as_tensor(h_node, dtype=torch.long), persistent=False)
         self.pos_emb = nn.Embedding(N_POS_BUCKETS, d_model)
         self.time_emb = nn.Embedding(N_TIME_BUCKETS, d_model)
+        # hours since the current ICU / hospital stay began, as smooth features (clock.py)
+        self.stay_proj = nn.Linear(N_STAY_FEATURES, d_model, bias=False) if stay_clock else None
         self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))
@@ -174,17 +179,19 @@ class TrajectoryTransformer(nn.Module):
     def unfreeze_embeddings(self) -> None:
         self._frozen_emb = None
 
-    def _clock(self, rec_pos: torch.Tensor, hours: torch.Tensor | None) -> torch.Tensor:
+    def _clock(self, rec_pos: torch.Tensor, hours: torch.Tensor | None, stay: torch.Tensor | None) -> torch.Tensor:
         c = self.pos_emb(pos_bucket(rec_pos))
         if hours is not None:
             c = c + self.time_emb(time_bucket(hours))
+        if stay is not None and self.stay_proj is not None:
+            c = c + self.stay_proj(stay_features(stay))
         return c
 
     def hidden(self, tokens: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, rec_pos: torch.Tensor | None = None,
-               hours: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """pos: rotary positions; rec_pos: true positions in the record (default pos); hours: clock."""
+               hours: torch.Tensor | None = None, stay: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """pos: rotary positions; rec_pos: true positions in the record (default pos); hours, stay: clocks."""
         E = self.embedding_matrix()
-        x = self.drop(F.embedding(tokens, E) + self._clock(pos if rec_pos is None else rec_pos, hours))
+        x = self.drop(F.embedding(tokens, E) + self._clock(pos if rec_pos is None else rec_pos, hours, stay))
         cos, sin = self.rotary.cos_sin(pos)
         for b in self.blocks:
             x = b(x, cos, sin, mask)
@@ -193,8 +200,8 @@ class TrajectoryTransformer(nn.Module):
     def logits_of(self, h: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
         return h @ E.t() + self.out_bias
 
-    def forward(self, tokens, pos, mask, rec_pos=None, hours=None):
-        h, E = self.hidden(tokens, pos, mask, rec_pos, hours)
+    def forward(self, tokens, pos, mask, rec_pos=None, hours=None, stay=None):
+        h, E = self.hidden(tokens, pos, mask, rec_pos, hours, stay)
         return self.logits_of(h, E)
 
     # ------------------------------------------------------------ cached decoding
@@ -208,11 +215,12 @@ class TrajectoryTransformer(nn.Module):
                        torch.full((batch, S), -1, dtype=torch.long), torch.zeros(batch, S, dtype=torch.bool), prefix, half)
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, hours: torch.Tensor | None = None
-             ) -> torch.Tensor:
-        """One token per row (B,) at record positions pos (B,), clock `hours` (B,) → next-token logits (B, V)."""
+    def step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, hours: torch.Tensor | None = None,
+             stay: torch.Tensor | None = None) -> torch.Tensor:
+        """One token per row (B,) at record positions pos (B,), clocks `hours` (B,) and `stay` (B, 2) →
+        next-token logits (B, V)."""
         E = self.embedding_matrix()
-        x = (F.embedding(tokens, E) + self._clock(pos, hours))[:, None, :]
+        x = (F.embedding(tokens, E) + self._clock(pos, hours, stay))[:, None, :]
         cos, sin = self.rotary.cos_sin(pos[:, None])
         slot = cache.slot(pos)
         rows = torch.arange(tokens.shape[0])

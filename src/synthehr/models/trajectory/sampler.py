@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from synthehr.errors import ConditioningError
+from synthehr.models.trajectory.clock import ClockRoles, RunningClock
 from synthehr.models.trajectory.grammar import Grammar
 from synthehr.models.trajectory.model import TrajectoryTransformer
 from synthehr.models.trajectory.tokenizer import PREFIX_LEN
@@ -84,7 +85,7 @@ def _sample_rows(weights: torch.Tensor, top_p: float, gen: torch.Generator) -> t
 def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[np.ndarray], *, context: int,
              temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int = 0,
              use_mask: bool = True, on_record: Callable[[int, np.ndarray], None] | None = None,
-             stats: SampleStats | None = None, inc_hours: np.ndarray | None = None) -> list[np.ndarray] | None:
+             stats: SampleStats | None = None, roles: ClockRoles | None = None) -> list[np.ndarray] | None:
     """Complete every prompt (token ids; -1 = sample this position) into a record ending in [EOS].
 
     Returns the records in prompt order, or None when `on_record(index, tokens)` receives them as they
@@ -118,9 +119,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
     rlen = np.zeros(B, np.int64)
     pos = torch.zeros(B, dtype=torch.long)
     feed = torch.zeros(B, dtype=torch.long)
-    hours = torch.zeros(B, dtype=torch.float64)
-    inc = torch.as_tensor(inc_hours if inc_hours is not None else grammar.vocab.time_increments_hours(),
-                          dtype=torch.float64)
+    clock = RunningClock(roles if roles is not None else ClockRoles.of(grammar.vocab), B)
     active = np.zeros(B, bool)
     next_prompt = 0
 
@@ -135,7 +134,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         next_prompt += 1
         pos[r] = 0
         feed[r] = bos
-        hours[r] = 0.0
+        clock.reset_rows(r)
         cache.reset_rows(r)
         state.set_rows(r, grammar.initial(1))
         active[r] = True
@@ -151,15 +150,16 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             keep = rows
             cache = cache.keep_rows(keep)
             state = state.index(keep)
-            pos, feed, hours = pos[keep].clone(), feed[keep].clone(), hours[keep].clone()
+            pos, feed = pos[keep].clone(), feed[keep].clone()
+            clock.keep_rows(keep)
             kl = keep.tolist()
             row_prompt = [row_prompt[i] for i in kl]
             buf, rlen = buf[kl], rlen[kl]
             active = np.ones(len(kl), bool)
             rows = torch.arange(len(kl))
         state = grammar.advance(state, feed)
-        hours = hours + inc[feed]
-        logits = model.step(feed, pos, cache, hours)
+        clock.advance(feed)
+        logits = model.step(feed, pos, cache, clock.hours, clock.stay())
         stats.steps += 1
         nb = logits.shape[0]
         # which rows are forced by their prompt
