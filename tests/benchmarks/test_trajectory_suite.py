@@ -30,3 +30,22 @@ def test_trajectory_suite_writes_the_issue_metrics(tmp_path):
     models = {r["model"] for r in audit}
     assert {"trajectory", "real"} <= models and "reference-shuffle-baseline" not in models
     assert (out / "trajectory-mimic-iv-demo.md").read_text().count("event_prob_r2") >= 2
+
+
+@pytest.mark.slow
+def test_scale_benchmark_reports_cost_rows_per_size(tmp_path):
+    """--scale on a tiny MIMIC-shaped corpus: one row set per size, measured in a fresh process each,
+    with the total and the anonymous peak memory."""
+    from synthehr.benchmarks.trajectory_suite import main
+
+    out = tmp_path / "results"
+    assert main(["--scale", "--sizes", "100,200", "--shard-size", "100", "--n-codes", "300", "--scale-steps", "2",
+                 "--scale-generate", "4", "--max-len", "128", "--d-model", "16", "--n-layers", "1", "--n-heads", "2",
+                 "--context", "32", "--batch-rows", "2", "--batch-size", "4", "--work", str(tmp_path / "w"),
+                 "--out", str(out)]) == 0
+    rows = json.loads((out / "trajectory-mimic-iv-shaped-scale.json").read_text())["rows"]
+    value = {(r["metric"], r["split"]): r["value"] for r in rows}
+    for n in ("100", "200"):
+        assert value[("structural_validity", n)] == 1.0
+        assert value[("patients_per_minute", n)] > 0
+        assert 0 < value[("peak_anon_rss_mb", n)] <= value[("peak_rss_mb", n)] + 1
