@@ -62,7 +62,7 @@ def test_contract(cls: type[Generator], holes: bool, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", [dict(latent_dim=0), dict(hidden=(0,)), dict(epochs=0), dict(batch_size=-1),
-                                 dict(lr=0.0), dict(mask_rate=1.0), dict(latent_dim=2.5)])
+                                 dict(lr=0.0), dict(mask_rate=1.0), dict(latent_dim=2.5), dict(prior="normal")])
 @pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.model_type)
 def test_bad_hyperparameters_are_refused(cls: type[Generator], bad: dict) -> None:
     with pytest.raises(ValueError):
@@ -424,3 +424,63 @@ def test_gibbs_rounds_refine_samples_deterministically(mixed_table: pd.DataFrame
     assert not a.isna().any().any() and set(a["stage"]) <= {"I", "II", "III"}
     model.gibbs_rounds = 0
     assert not model.sample(50, seed=3).equals(a)
+
+
+# ------------------------------------------------------------ sampling from noise
+def tied_table(n: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """An ICU-grid-like lab: 60 % of rows hold one filled-in median (a tie), the rest a rounded
+    log-normal; a bimodal vital correlated with it; a binary flag."""
+    rng = np.random.default_rng(seed)
+    z = rng.multivariate_normal([0.0, 0.0], [[1.0, 0.6], [0.6, 1.0]], size=n)
+    alt = np.round(np.exp(3.5 + 1.3 * z[:, 0]), 0)
+    alt[rng.random(n) < 0.6] = 33.0
+    second_mode = rng.random(n) < 0.3
+    return pd.DataFrame({"alt": alt, "map": np.where(second_mode, 60.0, 90.0) + 6.0 * z[:, 1],
+                         "flag": (z[:, 0] > 1.0).astype(np.int64)})
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.model_type)
+def test_samples_from_noise_match_the_training_marginals_and_leave_conditioning_alone(cls: type[Generator]) -> None:
+    data = tied_table()
+    new = cls(**SMALL).fit(data)
+    old = cls(**SMALL, prior="model", calibrate_marginals=False).fit(data)
+    tn, _ = new.get_state()
+    to, _ = old.get_state()
+    # the sampler is fitted after training, from its own random stream: the nets are the same
+    assert all(np.array_equal(tn[k], to[k]) for k in to)
+    assert {"sampler.gmm_means", "sampler.calib_u"} <= set(tn) and not any(k.startswith("sampler.") for k in to)
+    xn, xo = new.sample(20000, seed=0), old.sample(20000, seed=0)
+    tie = float((data["alt"] == 33.0).mean())
+    # the filled-in median comes back as itself as often as in the data (the Gaussian decoder alone: never)
+    assert abs(float((xn["alt"] == 33.0).mean()) - tie) < 0.03 and float((xo["alt"] == 33.0).mean()) < 0.05
+    rel = lambda x: abs(x["alt"].mean() / data["alt"].mean() - 1.0)  # noqa: E731
+    assert rel(xn) < 0.04 and rel(xn) < rel(xo)
+    assert stats.ks_2samp(xn["map"], data["map"]).statistic < 0.03
+    assert xn["alt"].between(data["alt"].min(), data["alt"].max()).all()
+    # conditioning, imputation and the conditional density do not use the unconditional sampler
+    masked = data.head(60).copy()
+    masked.loc[::2, "alt"] = np.nan
+    pd.testing.assert_frame_equal(new.impute(masked, seed=1), old.impute(masked, seed=1))
+    full, hidden = data.head(60), masked.isna().to_numpy()
+    np.testing.assert_array_equal(new.log_prob_unobserved(full, ~hidden), old.log_prob_unobserved(full, ~hidden))
+
+
+def test_the_fitted_sampler_survives_save_load_and_an_older_file_samples_as_before(tmp_path: Path) -> None:
+    from synthehr.errors import ModelFileError
+
+    model = VAEAC(**TINY).fit(tied_table(500))
+    assert model.gmm_ is not None and model.calibration_ is not None
+    loaded = load_model(model.save(tmp_path / "m"))
+    pd.testing.assert_frame_equal(loaded.sample(300, seed=2), model.sample(300, seed=2))
+    tensors, state = model.get_state()
+    for key in ("sampler.gmm_chol", "sampler.calib_len"):
+        broken = {k: v for k, v in tensors.items() if k != key}
+        with pytest.raises(ModelFileError):
+            _set_state_on(model, broken, state)
+    older = type(model)(**model.hyperparameters)  # a file saved before the sampler existed
+    older.schema_ = model.schema_
+    older.set_state({k: v for k, v in tensors.items() if not k.startswith("sampler.")}, state)
+    assert older.gmm_ is None and older.calibration_ is None
+    plain = VAEAC(**TINY, prior="model", calibrate_marginals=False).fit(tied_table(500))
+    pd.testing.assert_frame_equal(older.sample(300, seed=2), plain.sample(300, seed=2))
+

@@ -17,7 +17,8 @@ Training-data missing cells: the encoder sees only present cells (plus the prese
 ELBO scores only present cells, and o ⊂ present.
 
 Conditioning: z ~ q_θ(z | x_o, b), x ~ p(x | z), observed cells kept. Unconditional sampling:
-z ~ N(0, I). Defaults: `n_components=10`; the shared ones (`latent_dim`, `hidden`, `epochs`,
+z from a mixture fitted to the encoder's aggregate posterior (`prior="aggregate"`, see
+`encoding`; `prior="model"`: N(0, I)). Defaults: `n_components=10`; the shared ones (`latent_dim`, `hidden`, `epochs`,
 `transform`, …) are `encoding.TorchGenerator`'s.
 """
 
@@ -90,6 +91,9 @@ class PosteriorMatchingVAE(TorchGenerator):
     # ----------------------------------------------------------------- generation
     def _prior_latent(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.latent_dim)
+
+    def _posterior(self, x: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._gaussian_net("encoder", x, present)
 
     def _conditional_latent(self, x: torch.Tensor, observed: torch.Tensor, k: int) -> torch.Tensor:
         """k draws per row from the mixture: Gumbel-max picks components, one batched Gaussian draw."""

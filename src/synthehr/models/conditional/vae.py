@@ -2,7 +2,8 @@
 
 Encoder q(z | x̃, m): an MLP on the row with untrusted cells zeroed (x̃) plus the per-column mask
 m of cells it may trust; output: diagonal Gaussian. Decoder p(x | z): an MLP emitting the
-per-feature likelihood parameters of `MixedCodec`. Prior N(0, I). Loss = −ELBO per row:
+per-feature likelihood parameters of `MixedCodec`. Prior N(0, I) in training; `sample` draws z
+from a mixture fitted to the aggregate posterior afterwards (`prior`, see `encoding`). Loss = −ELBO per row:
 −Σ_j present_j · log p(x_j | z) + KL(q || N(0, I)), averaged over the batch.
 
 Conditioning "by encoding the masked input, as the paper does": x̃ holds only the observed
@@ -68,6 +69,9 @@ class VAE(TorchGenerator):
 
     def _prior_latent(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.latent_dim)
+
+    def _posterior(self, x: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._encode(x, present)
 
     def _conditional_latent(self, x: torch.Tensor, observed: torch.Tensor, k: int) -> torch.Tensor:
         mu, lv = self._encode(x, observed)
