@@ -306,3 +306,120 @@ def test_decoder_noise_spreads_continuous_cells(toy):
     resid = noisy["hr__t1"] - base["hr__t1"]
     assert resid.abs().max() > 0 and noisy["hr__t1"].std() > base["hr__t1"].std()
     assert FlexGenEHR().hyperparameters["decoder_noise"] == 1.0
+
+
+# ------------------------------------------------------------------- GW imputation: anchors + label map
+def _two_modality_latents(n: int = 400, seed: int = 0):
+    """z^S = z^T W + 1.5 · (±1 label) + noise, the label only partly visible in z^T: a known relation."""
+    rng = np.random.default_rng(seed)
+    zt = rng.normal(size=(n, 4))
+    y = (zt[:, 0] + rng.normal(0, 1.0, n) > 0.8).astype(np.int64)
+    w = rng.normal(size=(4, 3))
+    zs = zt @ w + 1.5 * (2 * y[:, None] - 1) + rng.normal(0, 0.3, (n, 3))
+    return zt, zs, y
+
+
+def _impute_with(zt, zs, y, hidden, **hp):
+    model = FlexGenEHR(**TINY, **hp)
+    model.label_, model.n_classes_, model.info_ = LABEL, 2, {}
+    zs_in = zs.copy()
+    zs_in[hidden] = np.nan
+    has_t, has_s = np.ones(len(zt), bool), ~hidden
+    model._impute_embeddings(zt.copy(), zs_in, has_t, has_s, y, np.random.default_rng(0))
+    return zs_in[hidden], model
+
+
+def test_anchored_label_aware_gw_map_recovers_held_out_partners_better_than_the_plain_gw_map():
+    zt, zs, y = _two_modality_latents()
+    hidden = np.random.default_rng(1).random(len(zt)) < 0.4   # 40 % temporal-only records
+    old, _ = _impute_with(zt, zs, y, hidden, gw_pair_weight=1.0, gw_label_map=False, impute_noise=False)
+    new, model = _impute_with(zt, zs, y, hidden, impute_noise=False)
+    mse_old, mse_new = ((old - zs[hidden]) ** 2).mean(), ((new - zs[hidden]) ** 2).mean()
+    assert mse_new < 0.25 * mse_old, (mse_old, mse_new)
+    assert model.map_label_input_ and model.map_t2s_.weight.shape == (4 + 2, 3)
+    assert "with the label as input" in model.info_["alignment"]
+    # with residual noise the imputed embeddings keep the label gap of the real ones (label-blind noise does not)
+    yh = y[hidden]
+    gap = lambda z: z[yh == 1].mean(0) - z[yh == 0].mean(0)   # noqa: E731
+    noisy_new, _ = _impute_with(zt, zs, y, hidden)
+    noisy_old, _ = _impute_with(zt, zs, y, hidden, gw_pair_weight=1.0, gw_label_map=False)
+    true_gap = gap(zs[hidden])
+    assert np.abs(gap(noisy_new) - true_gap).mean() < 0.5 * np.abs(gap(noisy_old) - true_gap).mean()
+
+
+def test_residual_noise_per_label_class_uses_that_class_covariance():
+    from synthehr.models.latent_diffusion import AffineMap, residual_noise
+
+    rng = np.random.default_rng(0)
+    z_in = np.zeros((400, 1))
+    groups = np.repeat([0, 1], 200)
+    z_out = np.where(groups[:, None] == 0, 0.1, 3.0) * rng.normal(size=(400, 2))
+    amap = AffineMap(np.zeros((1, 2)), np.zeros(2))
+    draws = residual_noise(amap, z_in, z_out, np.repeat([0, 1, -1], 3000), np.random.default_rng(1),
+                           fit_groups=groups)
+    sd = [draws[i * 3000:(i + 1) * 3000].std() for i in range(3)]
+    assert sd[0] == pytest.approx(0.1, rel=0.1) and sd[1] == pytest.approx(3.0, rel=0.1)
+    assert sd[2] == pytest.approx(np.sqrt((0.01 + 9) / 2), rel=0.1)       # unknown label: pooled covariance
+
+
+def _rewrite_config(path, edit):
+    import hashlib
+    import json
+
+    cfg = json.loads((path / "config.json").read_text())
+    edit(cfg)
+    (path / "config.json").write_text(json.dumps(cfg))
+    manifest = {n: hashlib.sha256((path / n).read_bytes()).hexdigest() for n in ("config.json", "weights.safetensors")}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_label_map_round_trips_and_older_saved_models_still_load(toy, tmp_path):
+    df, schema = toy
+    dropped = drop_modalities(df, schema, static_only=0.2, temporal_only=0.2, label=LABEL, seed=3)
+    model = FlexGenEHR(**TINY).fit(dropped, schema)
+    assert model.map_label_input_ and model.hyperparameters["gw_pair_weight"] == 10.0
+    loaded = load_model(model.save(tmp_path / "new"))
+    assert loaded.map_label_input_ and loaded.gw_label_map and loaded.gw_pair_weight == 10.0
+    np.testing.assert_array_equal(loaded.map_t2s_.weight, model.map_t2s_.weight)
+    pd.testing.assert_frame_equal(model.sample(20, seed=3), loaded.sample(20, seed=3))
+    # a model saved before gw_pair_weight / gw_label_map existed: no such hyper-parameters, no state flag
+    old = FlexGenEHR(**TINY, gw_pair_weight=1.0, gw_label_map=False).fit(dropped, schema)
+    assert not old.map_label_input_ and old.map_t2s_.weight.shape[0] == old.temporal_latent
+    path = old.save(tmp_path / "old")
+
+    def strip(cfg):
+        for k in ("gw_pair_weight", "gw_label_map"):
+            del cfg["hyperparameters"][k]
+        del cfg["state"]["map_label_input"]
+    _rewrite_config(path, strip)
+    back = load_model(path)
+    assert not back.map_label_input_
+    np.testing.assert_array_equal(back.map_s2t_.weight, old.map_s2t_.weight)
+    pd.testing.assert_frame_equal(old.sample(20, seed=3), back.sample(20, seed=3))
+
+
+def test_gw_pair_weight_is_validated():
+    with pytest.raises(ValueError, match="gw_pair_weight"):
+        FlexGenEHR(gw_pair_weight=-1.0)
+
+
+def test_pmm_donors_impute_real_partner_embeddings_of_the_same_label():
+    zt, zs, y = _two_modality_latents()
+    hidden = np.random.default_rng(1).random(len(zt)) < 0.4
+    got, model = _impute_with(zt, zs, y, hidden, gw_donors=5)
+    donors = zs[~hidden]
+    # every imputed embedding is one of the complete records' static embeddings, of the record's own label
+    match = np.abs(got[:, None, :] - donors[None]).max(-1) < 1e-12
+    assert match.any(1).all()
+    assert (y[~hidden][match.argmax(1)] == y[hidden]).all()
+    assert "predictive mean matching with 5 donors" in model.info_["alignment"]
+
+
+def test_vae_epoch_scale_gives_a_modality_with_missing_rows_full_table_updates(toy):
+    df, schema = toy
+    dropped = drop_modalities(df, schema, static_only=0.5, temporal_only=0.0, label=LABEL, seed=3)
+    scaled = FlexGenEHR(**TINY).fit(dropped, schema)
+    plain = FlexGenEHR(**TINY, vae_epoch_scale=False).fit(dropped, schema)
+    assert len(scaled.history_["static_vae"]) == TINY["vae_epochs"]
+    assert len(scaled.history_["temporal_vae"]) == 2 * TINY["vae_epochs"]     # half the rows: twice the passes
+    assert len(plain.history_["temporal_vae"]) == TINY["vae_epochs"]

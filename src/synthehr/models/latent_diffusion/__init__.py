@@ -9,7 +9,8 @@ Registered as model_type "flexgen".
 """
 
 from synthehr.models.latent_diffusion.alignment import (AffineMap, barycentric_projection, cosine_similarity,
-                                                       fit_affine_map, gw_coupling, knn_impute, label_signs)
+                                                       fit_affine_map, gw_coupling, knn_impute, label_design,
+                                                       label_signs, pmm_impute, residual_noise)
 from synthehr.models.latent_diffusion.flexgen import FlexGenEHR
 from synthehr.models.latent_diffusion.stay_table import (DEFAULT_STATIC, drop_modalities, modality_columns,
                                                         parse_temporal, stay_table, temporal_name)
@@ -24,9 +25,12 @@ __all__ = [
     "fit_affine_map",
     "gw_coupling",
     "knn_impute",
+    "label_design",
     "label_signs",
     "modality_columns",
     "parse_temporal",
+    "pmm_impute",
+    "residual_noise",
     "stay_table",
     "temporal_name",
 ]

@@ -6,18 +6,25 @@ Record = one row of a stay table (`stay_table`): static columns, temporal column
 1. **Dual VAEs.**  An MLP-VAE over the static columns (mixed types: continuous, binary, one-hot
    categorical) and an LSTM-VAE (or the 1D-CNN encoder of App. B.1, ``encoder="cnn"``) over the
    L × d temporal grid.  Each is trained on the records that *have* its modality, so a
-   static-only or temporal-only record still trains its own VAE.  Cells missing inside a present
+   static-only or temporal-only record still trains its own VAE.  With ``vae_epoch_scale``
+   (default True) a VAE whose modality only a share f of the records carry runs vae_epochs / f
+   epochs, i.e. as many updates as on a complete table (a fixed epoch count under-trained them:
+   see `alignment` for the measurement).  Cells missing inside a present
    modality are masked out of the loss; with probability `encoder_dropout` a training row also
    hides a random share (≤ 50 %) of its cells from the encoder, so encoders cope with the partly
    observed records that `condition`/`impute` feed them.
 2. **Alignment (§4.3).**  Posterior means z^T, z^S.  For records missing a modality the other
    embedding is imputed: an entropic Gromov–Wasserstein coupling (POT) between the two embedding
    spaces with the paper's label-aware loss, then least-squares maps A (T → S) and B (S → T) fitted
-   on the coupling's barycentric pseudo-pairs plus the records that hold both modalities (see
-   `alignment`).  ``imputation="knn"`` uses the mean partner of the k nearest complete records
-   instead (the §5.5 comparison).  Deviation: with ``impute_noise=True`` (default) the imputed
-   embedding is A z + a draw of the fit's residual (stochastic regression imputation), so imputed
-   records do not collapse onto the regression mean.
+   on the coupling's barycentric pseudo-pairs plus the records that hold both modalities, each of
+   those exact pairs weighing ``gw_pair_weight`` (default 10) pseudo-pairs; with ``gw_label_map``
+   (default True) the maps also take the one-hot label, so the imputed embedding follows the
+   record's outcome (see `alignment` for both and the measurements behind them).
+   ``imputation="knn"`` uses the mean partner of the k nearest complete records instead (the §5.5
+   comparison).  Deviation: with ``impute_noise=True`` (default) the imputed embedding is
+   A z + a draw of the fit's residual (stochastic regression imputation; with
+   ``gw_label_map`` the residual covariance of the record's label class), so imputed records do
+   not collapse onto the regression mean.
 3. **Latent DDPM.**  Fused z = [z^T; z^S], standardized per dimension; DDPM with T = 50 and β
    linear 1e-4 → 1e-2 (the paper's values), ε-prediction, label dropout `p_uncond` for
    classifier-free guidance with weight `guidance_weight`.  Sampling: ancestral DDPM over all T
@@ -69,7 +76,7 @@ import torch
 from synthehr.errors import DataError, ModelFileError
 from synthehr.models.base import Generator, register
 from synthehr.models.latent_diffusion.alignment import (barycentric_projection, fit_affine_map, gw_coupling,
-                                                       knn_impute)
+                                                       knn_impute, label_design, pmm_impute, residual_noise)
 from synthehr.models.latent_diffusion.diffusion import (Denoiser, Schedule, denoiser_steps, sample_latents,
                                                        train_denoiser)
 from synthehr.models.latent_diffusion.stay_table import modality_columns, parse_temporal, temporal_name
@@ -128,6 +135,14 @@ class FlexGenEHR(Generator):
       sampler, ddim_steps, ddim_eta      "ddpm" (all T steps) or "ddim"; `use_sampler` switches after fit
       imputation                 "gw" (entropic GW + least squares, §4.3) or "knn" for missing modalities
       gw_epsilon, gw_max_points, gw_label_aware, knn_k, impute_noise       alignment details
+      gw_pair_weight             least-squares weight of a record with both modalities relative to a GW
+                                 pseudo-pair (default 10; 1 = the old equal weighting)
+      gw_label_map               maps take [z, onehot(label)] and the imputation noise is per label class
+                                 (default True; False = the old label-blind affine map)
+      gw_donors                  0 (default): imputed = map + residual noise; k > 0: predictive mean matching,
+                                 the partner embedding of one of the k same-label complete records whose mapped
+                                 prediction is nearest (`alignment.pmm_impute`)
+      vae_epoch_scale            scale each VAE's epochs by (rows / rows with its modality), default True
       condition_candidates, condition_known_fraction                       conditioning (module docstring)
       log_skewed                 log1p skewed non-negative continuous columns before standardizing
       decoder_noise              continuous cells = decoder mean + decoder_noise × (per-column reconstruction
@@ -147,6 +162,8 @@ class FlexGenEHR(Generator):
                  guidance_weight: float = 1.0, sampler: str = "ddpm", ddim_steps: int = 10, ddim_eta: float = 0.0,
                  imputation: str = "gw", gw_epsilon: float = 0.005, gw_max_points: int = 500,
                  gw_label_aware: bool = True, knn_k: int = 5, impute_noise: bool = True,
+                 gw_pair_weight: float = 10.0, gw_label_map: bool = True, gw_donors: int = 0,
+                 vae_epoch_scale: bool = True,
                  condition_candidates: int = 32, condition_known_fraction: float = 0.5, log_skewed: bool = True,
                  decoder_noise: float = DEFAULT_DECODER_NOISE, threads: int = 1, seed: int = 0):
         static_hidden = [_int("static_hidden sizes", h) for h in static_hidden]
@@ -159,6 +176,7 @@ class FlexGenEHR(Generator):
         if not 0.0 < float(beta_start) < float(beta_end) < 1.0:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
         for name, v in (("kl_weight", kl_weight), ("guidance_weight", guidance_weight), ("gw_epsilon", gw_epsilon),
+                        ("gw_pair_weight", gw_pair_weight),
                         ("lr", lr), ("ddim_eta", ddim_eta), ("decoder_noise", decoder_noise)):
             if not float(v) >= 0.0:
                 raise ValueError(f"{name} must be non-negative, got {v!r}")
@@ -179,6 +197,8 @@ class FlexGenEHR(Generator):
                   ddim_steps=_int("ddim_steps", ddim_steps), ddim_eta=float(ddim_eta), imputation=imputation,
                   gw_epsilon=float(gw_epsilon), gw_max_points=_int("gw_max_points", gw_max_points, 2),
                   gw_label_aware=bool(gw_label_aware), knn_k=_int("knn_k", knn_k), impute_noise=bool(impute_noise),
+                  gw_pair_weight=float(gw_pair_weight), gw_label_map=bool(gw_label_map),
+                  gw_donors=_int("gw_donors", gw_donors, 0), vae_epoch_scale=bool(vae_epoch_scale),
                   condition_candidates=_int("condition_candidates", condition_candidates),
                   condition_known_fraction=float(condition_known_fraction), log_skewed=bool(log_skewed),
                   decoder_noise=float(decoder_noise), threads=_int("threads", threads, 0), seed=_int("seed", seed, 0))
@@ -277,14 +297,14 @@ class FlexGenEHR(Generator):
                                   hidden=self.diffusion_hidden, layers=self.diffusion_layers)
 
     def _train_vae(self, vae, x: np.ndarray, m: np.ndarray, codec: ColumnCodec, gen: torch.Generator,
-                   temporal: bool) -> list[float]:
+                   temporal: bool, epochs: int | None = None) -> list[float]:
         xt, mt = torch.from_numpy(x), torch.from_numpy(m)
         n = len(xt)
         opt = torch.optim.Adam(vae.parameters(), lr=self.lr)
         history = []
         vae.train()
         expand = self._expand_mask
-        for _ in range(self.vae_epochs):
+        for _ in range(self.vae_epochs if epochs is None else epochs):
             perm = torch.randperm(n, generator=gen)
             total = 0.0
             for i in range(0, n, self.batch_size):
@@ -354,10 +374,16 @@ class FlexGenEHR(Generator):
             raise DataError("flexgen needs at least one training row with static values and one with temporal values")
         self._build_nets()
 
-        # 1. VAEs, each on the rows that have its modality
+        # 1. VAEs, each on the rows that have its modality (with vae_epoch_scale, as many updates as a full table)
+        def epochs(has: np.ndarray) -> int:
+            return (int(round(self.vae_epochs * keep.sum() / has.sum())) if self.vae_epoch_scale
+                    else self.vae_epochs)
+
         self.history_ = {
-            "static_vae": self._train_vae(self.static_vae_, xs[has_s], ms[has_s], self.static_codec_, gen, False),
-            "temporal_vae": self._train_vae(self.temporal_vae_, xt[has_t], mt[has_t], self.temporal_codec_, gen, True),
+            "static_vae": self._train_vae(self.static_vae_, xs[has_s], ms[has_s], self.static_codec_, gen, False,
+                                          epochs(has_s)),
+            "temporal_vae": self._train_vae(self.temporal_vae_, xt[has_t], mt[has_t], self.temporal_codec_, gen, True,
+                                            epochs(has_t)),
         }
         zs_obs = self._encode_mu(self.static_vae_, xs[has_s], ms[has_s], self.static_codec_)
         zt_obs = self._encode_mu(self.temporal_vae_, xt[has_t], mt[has_t], self.temporal_codec_)
@@ -399,6 +425,7 @@ class FlexGenEHR(Generator):
                            y: np.ndarray, rng: np.random.Generator) -> None:
         t_only, s_only, both = has_t & ~has_s, has_s & ~has_t, has_s & has_t
         self.map_t2s_ = self.map_s2t_ = None
+        self.map_label_input_ = False
         if not (t_only.any() or s_only.any()):
             self.info_["alignment"] = "none needed (every record has both modalities)"
             return
@@ -428,25 +455,55 @@ class FlexGenEHR(Generator):
         pseudo_s = barycentric_projection(coupling, zs[js])        # partner of each sampled temporal point
         pseudo_t = barycentric_projection(coupling.T, zt[it])      # partner of each sampled static point
         pairs = np.flatnonzero(both)
-        a_in, a_out = np.vstack([zt[it], zt[pairs]]), np.vstack([pseudo_s, zs[pairs]])
-        b_in, b_out = np.vstack([zs[js], zs[pairs]]), np.vstack([pseudo_t, zt[pairs]])
-        self.map_t2s_ = fit_affine_map(a_in, a_out)
-        self.map_s2t_ = fit_affine_map(b_in, b_out)
-        if t_only.any():
-            zs[t_only] = self.map_t2s_(zt[t_only]) + self._residual_noise(self.map_t2s_, a_in, a_out,
-                                                                          int(t_only.sum()), rng)
-        if s_only.any():
-            zt[s_only] = self.map_s2t_(zs[s_only]) + self._residual_noise(self.map_s2t_, b_in, b_out,
-                                                                          int(s_only.sum()), rng)
-        self.info_["alignment"] = (f"entropic GW (eps={self.gw_epsilon}, label-aware={self.gw_label_aware}) on "
-                                   f"{len(it)} temporal x {len(js)} static embeddings + {len(pairs)} complete pairs")
+        label_map = self.gw_label_map and self.label_ is not None
+        self.map_label_input_ = label_map
+        yk = y if label_map else np.full(len(y), -1)
 
-    def _residual_noise(self, amap, z_in: np.ndarray, z_out: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        def design(z: np.ndarray, rows: np.ndarray) -> np.ndarray:  # map input: z, or [z, onehot(label)]
+            return np.hstack([z, label_design(yk[rows], self.n_classes_)]) if label_map else z
+
+        # exact pairs (records with both modalities) weigh gw_pair_weight pseudo-pairs each
+        a_rows, b_rows = np.r_[it, pairs], np.r_[js, pairs]
+        a_in, a_out = design(np.vstack([zt[it], zt[pairs]]), a_rows), np.vstack([pseudo_s, zs[pairs]])
+        b_in, b_out = design(np.vstack([zs[js], zs[pairs]]), b_rows), np.vstack([pseudo_t, zt[pairs]])
+        wa = np.r_[np.ones(len(it)), np.full(len(pairs), self.gw_pair_weight)]
+        wb = np.r_[np.ones(len(js)), np.full(len(pairs), self.gw_pair_weight)]
+        self.map_t2s_ = fit_affine_map(a_in, a_out, wa)
+        self.map_s2t_ = fit_affine_map(b_in, b_out, wb)
+        rows_t, rows_s = np.flatnonzero(t_only), np.flatnonzero(s_only)
+        if self.gw_donors > 0:  # predictive mean matching on the maps' predictions
+            # donors: the exact pairs, or the GW pseudo-pairs when there are fewer than gw_donors exact pairs
+            use_pairs = len(pairs) >= self.gw_donors
+            for amap, z_in, z_out, rows, fit_in, fit_out, fit_rows in (
+                    (self.map_t2s_, zt, zs, rows_t, a_in, a_out, a_rows),
+                    (self.map_s2t_, zs, zt, rows_s, b_in, b_out, b_rows)):
+                if not len(rows):
+                    continue
+                d_rows = pairs if use_pairs else fit_rows[:len(fit_rows) - len(pairs)]
+                d_pred = amap(design(z_in[d_rows], d_rows)) if use_pairs else amap(fit_in[:len(d_rows)])
+                d_out = z_out[d_rows] if use_pairs else fit_out[:len(d_rows)]
+                z_out[rows] = pmm_impute(amap(design(z_in[rows], rows)), d_pred, d_out, self.gw_donors, rng,
+                                         yk[rows], yk[d_rows], draw=self.impute_noise)
+        elif t_only.any():
+            zs[t_only] = self.map_t2s_(design(zt[t_only], rows_t)) + self._residual_noise(
+                self.map_t2s_, a_in, a_out, wa, yk[a_rows], yk[rows_t], rng)
+        if s_only.any() and self.gw_donors == 0:
+            zt[s_only] = self.map_s2t_(design(zs[s_only], rows_s)) + self._residual_noise(
+                self.map_s2t_, b_in, b_out, wb, yk[b_rows], yk[rows_s], rng)
+        self.info_["alignment"] = (f"entropic GW (eps={self.gw_epsilon}, label-aware={self.gw_label_aware}) on "
+                                   f"{len(it)} temporal x {len(js)} static embeddings + {len(pairs)} complete pairs "
+                                   f"(weight {self.gw_pair_weight:g} each); affine maps"
+                                   + (" with the label as input, noise per label class" if label_map else "")
+                                   + (f"; predictive mean matching with {self.gw_donors} donors"
+                                      if self.gw_donors else ""))
+
+    def _residual_noise(self, amap, z_in: np.ndarray, z_out: np.ndarray, w: np.ndarray, fit_y: np.ndarray,
+                        query_y: np.ndarray, rng: np.random.Generator):
         if not self.impute_noise:
             return 0.0
-        r = z_out - amap(z_in)
-        cov = np.cov(r, rowvar=False).reshape(r.shape[1], r.shape[1]) + 1e-6 * np.eye(r.shape[1])
-        return rng.multivariate_normal(np.zeros(r.shape[1]), cov, size=n, method="cholesky")
+        if not self.map_label_input_:
+            return residual_noise(amap, z_in, z_out, len(query_y), rng, w)
+        return residual_noise(amap, z_in, z_out, query_y, rng, w, fit_y)
 
     def _fit_gaussians(self, zn: np.ndarray, y: np.ndarray) -> None:
         """Per label class (and overall, last index) mean and Cholesky factor of the standardized latents."""
@@ -674,7 +731,8 @@ class FlexGenEHR(Generator):
             m = getattr(self, name, None)
             if m is not None:
                 tensors[f"{name.rstrip('_')}.weight"], tensors[f"{name.rstrip('_')}.bias"] = m.weight, m.bias
-        state = {"history": self.history_, "info": self.info_, "label_models": sorted(self.label_models_)}
+        state = {"history": self.history_, "info": self.info_, "label_models": sorted(self.label_models_),
+                 "map_label_input": bool(getattr(self, "map_label_input_", False))}
         return tensors, state
 
     def set_state(self, tensors: dict[str, np.ndarray], state: dict) -> None:
@@ -708,6 +766,7 @@ class FlexGenEHR(Generator):
             raise ModelFileError(f"saved flexgen state does not match its config: {e}") from None
         self.history_ = dict(state.get("history", {}))
         self.info_ = dict(state.get("info", {}))
+        self.map_label_input_ = bool(state.get("map_label_input", False))  # models saved before it: label-blind maps
 
     # ------------------------------------------------------------------ extras
     @classmethod
