@@ -136,3 +136,47 @@ def test_quick_run_with_two_sweep_seeds(tmp_path, demo_raw):
     assert {r["seed"] for r in rows if r["metric"] == "target_met"} == {0, 1}
     assert "2 seed(s) 0, 1" in md and "## Sampling time breakdown" in md
     assert any("lighter setting than the main table" in n for n in doc["notes"])
+
+
+def _sweep_args(**kw):
+    base = dict(dataset="physionet2012", cache="/tmp/x", max_train=0, seed=0, n_synth=0, sweep_max_train=1500,
+                vae_epochs=50, diffusion_epochs=300, sweep_vae_epochs=30, sweep_diffusion_epochs=100, encoder="lstm",
+                guidance_weight=1.0, batch_size=256, lr=2e-3, decoder_noise=None, gw_option=[], sweep_cache="")
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_alignment_signature_and_legacy_options():
+    from synthehr.benchmarks.flexgen_suite import LEGACY_ALIGNMENT, alignment_signature, flexgen_params
+
+    sig = alignment_signature(_sweep_args())
+    assert sig["gw_pair_weight"] == 10.0 and sig["gw_label_map"] is True and sig != LEGACY_ALIGNMENT
+    legacy = ["gw_pair_weight=1", "gw_label_map=false", "vae_epoch_scale=false"]
+    assert alignment_signature(_sweep_args(gw_option=legacy)) == LEGACY_ALIGNMENT
+    assert flexgen_params(_sweep_args(gw_option=["gw_donors=5"]))["gw_donors"] == 5
+    with pytest.raises(SystemExit):
+        flexgen_params(_sweep_args(gw_option=["vae_epochs=3"]))      # not an alignment key
+
+
+def test_cache_key_ignores_the_alignment_and_gw_rows_follow_it(tmp_path):
+    from synthehr.benchmarks.flexgen_suite import LEGACY_ALIGNMENT, _cache_file, _cached_points
+
+    # the key of the committed PhysioNet sweep cache is unchanged, whatever --gw-option says
+    for opts in ([], ["gw_pair_weight=1"]):
+        assert _cache_file(_sweep_args(sweep_cache=str(tmp_path), gw_option=opts)).name == \
+            "sweep-physionet2012-b5709e64d019.jsonl"
+    path = tmp_path / "c.jsonl"
+
+    def line(task, models, alignment=None):
+        rows = [make_row(m, "tstr_auroc", 0.7, split="x", seed=task[0], p=task[1], q=task[2]) for m in models]
+        return json.dumps({"task": list(task), "rows": rows, **({"alignment": alignment} if alignment else {})})
+
+    new = {**LEGACY_ALIGNMENT, "gw_pair_weight": 10.0}
+    path.write_text("\n".join([line((0, 0, 0), ["flexgen-gw", "knn+flexgen"]),           # written before alignments
+                               line((0, 20, 20), ["flexgen-gw", "knn+flexgen"]),
+                               line((1, 20, 20), ["flexgen-gw", "knn+flexgen"]),
+                               line((1, 20, 20), ["flexgen-gw"], new)]) + "\n")
+    got = _cached_points(path, new)
+    assert set(got[(0, 0, 0)]) == {"flexgen-gw", "knn+flexgen"}        # nothing imputed at (0, 0)
+    assert set(got[(0, 20, 20)]) == {"knn+flexgen"}                   # old gw fit: refit under the new alignment
+    assert set(got[(1, 20, 20)]) == {"flexgen-gw", "knn+flexgen"}
+    assert set(_cached_points(path, LEGACY_ALIGNMENT)[(0, 20, 20)]) == {"flexgen-gw", "knn+flexgen"}

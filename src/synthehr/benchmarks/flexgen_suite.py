@@ -20,6 +20,15 @@ with the static columns as context) when they run here.
 
 --sweep: p % of training stays static-only and q % temporal-only, flexgen with GW alignment vs
 kNN-imputed data (sklearn KNNImputer on the standardized wide table, as §5.5) + flexgen.
+--gw-option KEY=VALUE (repeatable) sets one of flexgen's alignment hyper-parameters (ALIGNMENT_KEYS)
+for the main table and the sweep; LEGACY_ALIGNMENT holds the values from before the anchored,
+label-aware map existed, e.g. ``--gw-option gw_pair_weight=1 --gw-option gw_label_map=false
+--gw-option vae_epoch_scale=false``.
+
+--sweep-cache keeps finished points per sweep configuration; flexgen-gw rows are stored with the
+alignment hyper-parameters they were fitted with and reused only under the same ones, while the
+knn+flexgen rows (no alignment: the kNN-completed table has every modality) are reused whatever
+the alignment, so a changed alignment reruns only the flexgen-gw fits.
 """
 
 from __future__ import annotations
@@ -175,7 +184,43 @@ def flexgen_params(args, seed: int | None = None, sweep: bool = False) -> dict[s
                seed=args.seed if seed is None else seed, label=None)
     if args.decoder_noise is not None:
         out["decoder_noise"] = args.decoder_noise
+    out.update(gw_options(getattr(args, "gw_option", None)))
     return out
+
+
+def gw_options(items) -> dict[str, Any]:
+    """--gw-option KEY=VALUE items as a dict (VALUE read as JSON, else kept as text); only ALIGNMENT_KEYS."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        if not sep or key.strip() not in ALIGNMENT_KEYS:
+            raise SystemExit(f"--gw-option wants KEY=VALUE with KEY one of {ALIGNMENT_KEYS}, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+# flexgen hyper-parameters that change a fit only when a modality is missing (not the knn+flexgen fits)
+ALIGNMENT_KEYS = ("imputation", "gw_epsilon", "gw_max_points", "gw_label_aware", "knn_k", "impute_noise",
+                  "gw_pair_weight", "gw_label_map", "gw_donors", "vae_epoch_scale")
+# what a cached flexgen-gw row without an "alignment" record was fitted with (the options did not exist yet)
+LEGACY_ALIGNMENT = {"imputation": "gw", "gw_epsilon": 0.005, "gw_max_points": 500, "gw_label_aware": True,
+                    "knn_k": 5, "impute_noise": True, "gw_pair_weight": 1.0, "gw_label_map": False, "gw_donors": 0,
+                    "vae_epoch_scale": False}
+
+
+def alignment_signature(args) -> dict[str, Any]:
+    """The sweep flexgen's alignment hyper-parameters (the model's defaults plus the CLI overrides)."""
+    import inspect
+
+    from synthehr.models.latent_diffusion import FlexGenEHR
+
+    defaults = {k: v.default for k, v in inspect.signature(FlexGenEHR.__init__).parameters.items()}
+    params = flexgen_params(args, sweep=True)
+    hp = FlexGenEHR(**{k: params.get(k, defaults[k]) for k in ALIGNMENT_KEYS}).hyperparameters  # validated, typed
+    return {k: hp[k] for k in ALIGNMENT_KEYS}
 
 
 def fit_flexgen(table: pd.DataFrame, schema, label: str, params: dict[str, Any]):
@@ -339,8 +384,8 @@ def _sweep_is_main(args, n_train: int) -> bool:
 def _sweep_config(args) -> dict[str, Any]:
     keys = ("dataset", "cache", "max_train", "seed", "n_synth", "sweep_max_train", "vae_epochs", "diffusion_epochs",
             "sweep_vae_epochs", "sweep_diffusion_epochs", "encoder", "guidance_weight", "batch_size", "lr",
-            "decoder_noise")
-    return {k: getattr(args, k) for k in keys}
+            "decoder_noise", "gw_option")
+    return {k: getattr(args, k, None) for k in keys}
 
 
 def _sweep_data(cfg: dict[str, Any]):
@@ -354,10 +399,12 @@ def _sweep_data(cfg: dict[str, Any]):
     return _WORKER_DATA[key]
 
 
-def sweep_point(cfg: dict[str, Any], seed: int, p: int, q: int) -> list[dict]:
+def sweep_point(cfg: dict[str, Any], seed: int, p: int, q: int,
+                models: tuple[str, ...] = ("flexgen-gw", "knn+flexgen")) -> list[dict]:
     """One sweep setting for one seed: rows of flexgen-gw and knn+flexgen (at (0, 0) one shared fit).
 
     Runs in a worker process (or inline): loads the data itself; everything is seeded by `seed`.
+    `models`: which of the two to fit (the other's rows come from the --sweep-cache).
     """
     import torch
 
@@ -388,12 +435,14 @@ def sweep_point(cfg: dict[str, Any], seed: int, p: int, q: int) -> list[dict]:
                      for k, v in {**m, "fit_seconds": fit_s}.items()]
     else:
         dropped = drop_modalities(data, schema, p / 100, q / 100, label=label, seed=seed)
-        m, fit_s = scored(dropped)
-        rows += [make_row("flexgen-gw", k, v, split=split, seed=seed, p=p, q=q)
-                 for k, v in {**m, "fit_seconds": fit_s}.items()]
-        m, fit_s = scored(knn_impute_table(dropped, schema, label))
-        rows += [make_row("knn+flexgen", k, v, split=split, seed=seed, p=p, q=q)
-                 for k, v in {**m, "fit_seconds": fit_s}.items()]
+        if "flexgen-gw" in models:
+            m, fit_s = scored(dropped)
+            rows += [make_row("flexgen-gw", k, v, split=split, seed=seed, p=p, q=q)
+                     for k, v in {**m, "fit_seconds": fit_s}.items()]
+        if "knn+flexgen" in models:
+            m, fit_s = scored(knn_impute_table(dropped, schema, label))
+            rows += [make_row("knn+flexgen", k, v, split=split, seed=seed, p=p, q=q)
+                     for k, v in {**m, "fit_seconds": fit_s}.items()]
     print(f"[sweep] seed {seed} {split} done in {time.perf_counter() - t0:.0f}s", flush=True)
     return rows
 
@@ -425,19 +474,32 @@ def _cache_file(args) -> Path | None:
     from synthehr.models.latent_diffusion.flexgen import DEFAULT_DECODER_NOISE
 
     cfg = {**_sweep_config(args), "default_decoder_noise": DEFAULT_DECODER_NOISE}
-    cfg.pop("cache")
+    for k in ("cache", "gw_option"):  # the alignment is recorded per line, see _cached_points
+        cfg.pop(k)
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
     return Path(args.sweep_cache) / f"sweep-{args.dataset}-{key}.jsonl"
 
 
-def _cached_points(path: Path | None) -> dict[tuple[int, int, int], list[dict]]:
-    done: dict[tuple[int, int, int], list[dict]] = {}
+def _cached_points(path: Path | None, alignment: dict[str, Any] | None = None
+                   ) -> dict[tuple[int, int, int], dict[str, list[dict]]]:
+    """task → {model: rows} from the cache (later lines win).  flexgen-gw rows count only when their
+    line's alignment (LEGACY_ALIGNMENT for lines written before it was recorded) equals `alignment`,
+    except at (0, 0), where nothing is imputed; knn+flexgen rows always count."""
+    done: dict[tuple[int, int, int], dict[str, list[dict]]] = {}
     if path is None or not path.is_file():
         return done
     for line in path.read_text().splitlines():
-        if line.strip():
-            item = json.loads(line)
-            done[tuple(item["task"])] = item["rows"]
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        task = tuple(item["task"])
+        same = alignment is None or item.get("alignment", LEGACY_ALIGNMENT) == alignment or task[1:] == (0, 0)
+        by_model: dict[str, list[dict]] = {}
+        for r in item["rows"]:
+            by_model.setdefault(r["model"], []).append(r)
+        for model, rows in by_model.items():
+            if model != "flexgen-gw" or same:
+                done.setdefault(task, {})[model] = rows
     return done
 
 
@@ -445,41 +507,56 @@ def _start_sweep(args, train: pd.DataFrame, main_params: dict[str, Any]):
     """Submit every (seed, p, q) task not in the --sweep-cache; with --jobs N > 0 they run in N worker
     processes beside the main run."""
     cfg = _sweep_config(args)
-    cached = _cached_points(_cache_file(args))
+    cached = _cached_points(_cache_file(args), alignment_signature(args))
     reuse = _sweep_is_main(args, len(train)) and not args.sweep_only
     tasks = [(seed, p, q) for seed in sweep_seeds(args) for p, q in sweep_pairs(args)
              if not (p == 0 and q == 0 and seed == args.seed and reuse)]
     reuse_main = [(seed, 0, 0) for seed in sweep_seeds(args) if seed == args.seed and reuse]
-    done = [_Done(cached[t]) for t in tasks if t in cached]
-    todo = [t for t in tasks if t not in cached]
-    if done:
-        print(f"[sweep] {len(done)} of {len(tasks)} points from {_cache_file(args)}", flush=True)
+    models = ("flexgen-gw", "knn+flexgen")
+
+    def missing(t):
+        return tuple(m for m in models if m not in cached.get(t, {}))
+
+    def have(t):
+        return [r for m in models for r in cached.get(t, {}).get(m, [])]
+
+    done = [_Done(have(t)) for t in tasks if not missing(t)]
+    todo = [t for t in tasks if missing(t)]
+    partial = sum(1 for t in todo if have(t))
+    if done or partial:
+        print(f"[sweep] {len(done)} of {len(tasks)} points from {_cache_file(args)}"
+              + (f"; {partial} more with only knn+flexgen cached (flexgen-gw refitted: alignment changed)"
+                 if partial else ""), flush=True)
     if args.jobs <= 0:
-        return None, done + [(t, _Inline(sweep_point, cfg, *t)) for t in todo] + reuse_main
+        return None, done + [(t, _Inline(sweep_point, cfg, *t, missing(t)), have(t)) for t in todo] + reuse_main
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn"))
-    return pool, done + [(t, pool.submit(sweep_point, cfg, *t)) for t in todo] + reuse_main
+    return pool, done + [(t, pool.submit(sweep_point, cfg, *t, missing(t)), have(t)) for t in todo] + reuse_main
 
 
-def _finish_sweep(pool, futures, main_rows: list[dict], seed: int, cache: Path | None = None) -> list[dict]:
+def _finish_sweep(pool, futures, main_rows: list[dict], seed: int, cache: Path | None = None,
+                  alignment: dict[str, Any] | None = None) -> list[dict]:
     rows: list[dict] = []
     try:
         for f in futures:
-            if isinstance(f, tuple) and len(f) == 3:  # (seed, 0, 0) = the main table's flexgen
+            if isinstance(f, tuple) and len(f) == 3 and isinstance(f[0], int):  # (seed, 0, 0) = main's flexgen
                 main = {r["metric"]: r["value"] for r in main_rows if r["model"] == "flexgen"}
                 for name in ("flexgen-gw", "knn+flexgen"):
                     rows += [make_row(name, k, main[k], split="p0-q0", seed=seed, p=0, q=0)
                              for k in (*SWEEP_METRICS, "fit_seconds")]
-            elif isinstance(f, tuple):  # (task, future): a point computed now
-                task, fut = f
+            elif isinstance(f, tuple):  # (task, future, cached rows): a point (or its flexgen-gw part) computed now
+                task, fut, have = f
                 got = fut.result()
-                rows.extend(got)
+                rows.extend(have + got)
                 if cache is not None:
                     cache.parent.mkdir(parents=True, exist_ok=True)
+                    line = {"task": list(task), "rows": got}
+                    if alignment is not None:
+                        line["alignment"] = alignment
                     with cache.open("a") as fh:
-                        fh.write(json.dumps({"task": list(task), "rows": got}) + "\n")
+                        fh.write(json.dumps(line) + "\n")
             else:
                 rows.extend(f.result())
     finally:
@@ -666,7 +743,7 @@ def run(args) -> tuple[list[dict], list[dict], list[str]]:
     print(f"[main] done at {time.perf_counter() - t_start:.0f}s", flush=True)
 
     if args.sweep:
-        sweep_rows.extend(_finish_sweep(pool, futures, rows, args.seed, _cache_file(args)))
+        sweep_rows.extend(_finish_sweep(pool, futures, rows, args.seed, _cache_file(args), alignment_signature(args)))
         seeds = sorted({r["seed"] for r in sweep_rows})
         sweep_rows.extend(sweep_checks(sweep_rows))
         sp = flexgen_params(args, sweep=True)
@@ -683,6 +760,8 @@ def run(args) -> tuple[list[dict], list[dict], list[str]]:
                      "fit (nothing to impute); knn+flexgen = sklearn KNNImputer(k=5) on the standardized one-hot wide "
                      "table, then flexgen on the completed table; the sweep's fits took "
                      f"{_sweep_fit_seconds(sweep_rows):.0f} s in all (sum of fit_seconds on this shared CPU)")
+        notes.append(f"sweep flexgen-gw alignment: {json.dumps(alignment_signature(args))} (see the "
+                     "latent_diffusion.alignment docstring)")
     wall = time.perf_counter() - t_start
     notes.append(f"this run's wall time {wall:.0f} s (main table reused; sweep points computed now or read from the "
                  "--sweep-cache)" if args.main_from else f"total wall time {wall:.0f} s")
@@ -722,6 +801,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ddim-steps", default="10,5", help="comma list: one flexgen-ddimK row per K (same fit)")
     p.add_argument("--decoder-noise", type=float, default=None,
                    help="flexgen decoder_noise (default: the model's default)")
+    p.add_argument("--gw-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a flexgen alignment hyper-parameter (repeatable), e.g. gw_pair_weight=1; keys: "
+                        + ", ".join(ALIGNMENT_KEYS) + " (default: the model's defaults)")
     p.add_argument("--timing-repeats", type=int, default=3,
                    help="sample this many times per sampler; sample_seconds is the fastest")
     p.add_argument("--n-synth", type=int, default=0, help="synthetic rows (default: training size)")
@@ -759,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         train = _sweep_data(_sweep_config(args))[0]
         pool, futures = _start_sweep(args, train, {})
-        sweep_rows = _finish_sweep(pool, futures, [], args.seed, _cache_file(args))
+        sweep_rows = _finish_sweep(pool, futures, [], args.seed, _cache_file(args), alignment_signature(args))
         print(sweep_markdown(sweep_rows + sweep_checks(sweep_rows)))
         print(f"sweep points in {_cache_file(args)}; {time.perf_counter() - t0:.0f} s")
         return 0
