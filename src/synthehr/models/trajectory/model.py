@@ -143,8 +143,6 @@ class TrajectoryTransformer(nn.Module):
             self.register_buffer("h_node", torch.as_tensor(h_node, dtype=torch.long), persistent=False)
         self.pos_emb = nn.Embedding(N_POS_BUCKETS, d_model)
         self.time_emb = nn.Embedding(N_TIME_BUCKETS, d_model)
-        # hours since the current ICU / hospital stay began, as smooth features (clock.py)
-        self.stay_proj = nn.Linear(N_STAY_FEATURES, d_model, bias=False) if stay_clock else None
         self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))
@@ -157,6 +155,11 @@ class TrajectoryTransformer(nn.Module):
         for b in self.blocks:
             nn.init.normal_(b.proj.weight, std=0.02 / math.sqrt(2 * n_layers))
             nn.init.normal_(b.fc2.weight, std=0.02 / math.sqrt(2 * n_layers))
+        # hours since the current ICU / hospital stay began, as smooth features (clock.py).  Made last, so
+        # every other parameter starts as it would without it: a record with no stay sees the same model.
+        self.stay_proj = nn.Linear(N_STAY_FEATURES, d_model, bias=False) if stay_clock else None
+        if self.stay_proj is not None:
+            nn.init.normal_(self.stay_proj.weight, std=0.02)
         self._frozen_emb: torch.Tensor | None = None
 
     @staticmethod
