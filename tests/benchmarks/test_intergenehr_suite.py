@@ -98,3 +98,142 @@ def test_structure_beats_independence(quick_run):
     assert value(rows, "III", "mice", "imputation_mse", "mask50") < indep
     assert value(rows, "IV", "gaussian", "imputation_mse", "salient") < value(
         rows, "IV", "independent_marginals", "imputation_mse", "salient")
+
+
+# ------------------------------------------------------------------ --reuse-rows (merging an earlier run)
+def _doc(dataset="mimic-iv-demo", **settings):
+    from synthehr.benchmarks.intergenehr_suite import Settings
+
+    base = Settings(dataset=dataset)
+    recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in base.__dict__.items() if k != "extra_notes"}
+    recorded.update(settings)
+
+    def row(model, metric, value, split, table):
+        return {"model": model, "metric": metric, "value": value, "split": split, "seed": 0, "table": table,
+                "dataset": dataset}
+
+    rows = [row("real", "rmspe", 2.0, "test", "I"), row("vae", "rmspe", 9.0, "test", "I"),
+            row("ctgan", "rmspe", 5.0, "test", "I"), row("mice", "imputation_mse", 0.8, "mask50", "III"),
+            row("pmvae", "imputation_mse", 0.9, "mask50", "III"), row("real", "tstr_auroc", 0.8, "real", "VII")]
+    return {"suite": "intergenehr", "dataset": dataset, "created": "2026-01-01T00:00:00+00:00",
+            "environment": {"versions": {}}, "rows": rows, "settings": recorded,
+            "notes": ["ctgan settings: {\"epochs\": 30}", "vae settings: {}", "wall time 10 s for x"]}
+
+
+def test_merge_takes_every_row_of_the_reused_models_and_none_of_the_refitted():
+    from synthehr.benchmarks.intergenehr_suite import (Settings, check_reuse, check_targets, merge_rows,
+                                                       reused_notes)
+
+    s = Settings(dataset="mimic-iv-demo", models=("vae", "pmvae"))
+    reuse = check_reuse(_doc(), s, "old.json")
+    assert reuse.models == ("ctgan", "mice")  # not 'real', not the refitted vae / pmvae
+    new = [{"model": "real", "metric": "rmspe", "value": 2.0, "split": "test", "seed": 0, "table": "I"},
+           {"model": "pmvae", "metric": "imputation_mse", "value": 0.3, "split": "mask50", "seed": 0, "table": "III"},
+           {"model": "vae", "metric": "rmspe", "value": 2.2, "split": "test", "seed": 0, "table": "I"}]
+    merged = merge_rows(new, reuse)
+    got = {(r["model"], r["metric"]): r["value"] for r in merged}
+    assert got == {("real", "rmspe"): 2.0, ("vae", "rmspe"): 2.2, ("ctgan", "rmspe"): 5.0,
+                   ("mice", "imputation_mse"): 0.8, ("pmvae", "imputation_mse"): 0.3}
+    assert len(merged) == 5 and [r["table"] for r in merged] == ["I", "I", "I", "III", "III"]
+    # the cross-model targets see the reused peers and the refitted models together
+    targets = check_targets(merged, "mimic-iv-demo")
+    assert any(t.startswith("MET: imputation_mse pmvae = 0.3: ≤ 0.5 x mice (0.4)") for t in targets), targets
+    notes = reused_notes(reuse)
+    assert any("ctgan settings" in n and "old.json" in n for n in notes)
+    assert not any("vae settings" in n for n in notes)
+    with pytest.raises(ValueError, match="both refitted and reused"):
+        merge_rows([*new, {"model": "ctgan", "metric": "rmspe", "value": 1.0, "split": "test", "table": "I"}], reuse)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(dataset="physionet2012"), "dataset"),
+    (dict(n_eval=500), "n_eval"),
+    (dict(seed=1), "seed"),
+    (dict(ctgan_epochs=5), "ctgan_epochs"),           # a reused model's own setting
+    (dict(notes=["PARTIAL: written after Table I"]), "PARTIAL"),
+    (dict(suite="tabular"), "suite"),
+])
+def test_reuse_is_refused_when_the_earlier_run_differs(change, message):
+    from synthehr.benchmarks.intergenehr_suite import Settings, check_reuse
+
+    doc = _doc()
+    for k, v in change.items():
+        if k in ("dataset", "notes", "suite"):
+            doc[k] = v
+        else:
+            doc["settings"][k] = v
+    with pytest.raises(SystemExit, match=message):
+        check_reuse(doc, Settings(dataset="mimic-iv-demo", models=("vae",)), "old.json")
+    # a refitted model's own settings may differ (vae epochs here): nothing of it is reused
+    ok = _doc(epochs=7)
+    assert check_reuse(ok, Settings(dataset="mimic-iv-demo", models=("vae", "pmvae")), "old.json").models
+
+
+def test_reuse_is_refused_when_the_floor_differs():
+    from synthehr.benchmarks.intergenehr_suite import Settings, check_floor, check_reuse
+
+    reuse = check_reuse(_doc(), Settings(dataset="mimic-iv-demo", models=("vae",)), "old.json")
+    same = [{"model": "real", "metric": "rmspe", "value": 2.0, "split": "test", "table": "I"}]
+    assert check_floor(reuse, same, ("I",)) == (1, 0.0)
+    with pytest.raises(SystemExit, match="floor"):
+        check_floor(reuse, [{**same[0], "value": 2.1}], ("I",))
+    with pytest.raises(SystemExit, match="floor"):  # a floor row that is not recomputed is a mismatch too
+        check_floor(reuse, same, ("I", "VII"))
+
+
+def test_quick_run_reusing_the_earlier_rows(quick_run, tmp_path):
+    """End to end: refit only the Gaussian, take every other model's rows from the quick run."""
+    import torch
+
+    from synthehr.benchmarks.intergenehr_suite import main
+
+    doc, _ = quick_run
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    cache = tmp_path / "cache"
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["--dataset", "mimic-iv-demo", "--quick", "--results", str(tmp_path / "new"), "--cache", str(cache),
+                   "--models", "gaussian", "--reuse-rows", str(old)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    new = json.loads((tmp_path / "new" / "intergenehr-mimic-iv-demo.json").read_text())
+    md = (tmp_path / "new" / "intergenehr-mimic-iv-demo.md").read_text()
+    assert new["reused"]["models"] == ["independent_marginals", "vae", "pmvae", "mice", "knn"]
+    assert new["reused"]["refitted"] == ["gaussian"] and new["reused"]["created"] == doc["created"]
+    key = lambda r: (r["table"], r["model"], r["metric"], r["split"])  # noqa: E731
+    old_rows = {key(r): r["value"] for r in doc["rows"]}
+    new_rows = {key(r): r["value"] for r in new["rows"]}
+    assert len(new_rows) == len(new["rows"])  # no duplicated cell
+    for k, v in old_rows.items():
+        if k[1] not in ("gaussian", "real"):
+            assert new_rows[k] == v, k  # reused unchanged
+    assert {k for k in new_rows if k[1] != "gaussian"} == {k for k in old_rows if k[1] != "gaussian"}
+    assert value(new["rows"], "III", "gaussian", "imputation_nll", "mask50") is not None
+    assert value(new["rows"], "VII", "gaussian", "tstr_auroc", "noise") is not None
+    assert new["notes"][0].startswith("REUSED ROWS:") and str(old) in new["notes"][0]
+    assert "Rows of independent_marginals, vae, pmvae, mice, knn are reused unchanged" in md
+    assert new["targets"] and not [n for n in new["notes"] if "failed" in n]
+    # a different evaluation size is refused before anything is fitted
+    with pytest.raises(SystemExit, match="n_eval"):
+        main(["--dataset", "mimic-iv-demo", "--quick", "--results", str(tmp_path / "bad"), "--cache", str(cache),
+              "--models", "gaussian", "--n-eval", "50", "--reuse-rows", str(old)])
+
+
+def test_reuse_is_refused_when_a_reused_model_was_built_differently():
+    """missForest run with max_features 'sqrt' (what an older results file records) is not today's missForest."""
+    from synthehr.benchmarks.intergenehr_suite import Settings, check_reuse, check_reused_settings
+
+    s = Settings(dataset="mimic-iv-demo", models=("vae", "pmvae", "ctgan"))
+    doc = _doc()
+    doc["rows"].append({**doc["rows"][3], "model": "missforest"})
+    doc["notes"] += ['mice settings: {"max_iter": 10, "tol": 0.0, "seed": 0}',
+                     'missforest settings: {"max_iter": 5, "tol": 0.0, "n_estimators": 30, "max_features": "sqrt", '
+                     '"min_samples_leaf": 5, "n_jobs": -1, "seed": 0}']
+    reuse = check_reuse(doc, s, "old.json")
+    assert reuse.models == ("mice", "missforest")
+    with pytest.raises(SystemExit, match="missforest was run with other settings.*max_features"):
+        check_reused_settings(reuse, s)
+    doc["notes"][-1] = doc["notes"][-1].replace('"sqrt"', "0.5")
+    check_reused_settings(check_reuse(doc, s, "old.json"), s)  # today's defaults: accepted

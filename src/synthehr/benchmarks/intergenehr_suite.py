@@ -67,6 +67,21 @@ VII  TSTR mortality: the last-6-bins layout (`last_bins_layout`, one row per sta
 The Markdown file has one section per table (rows: metric [split], columns: models), a list of the
 issue's targets checked against this run (met / not met, with the numbers), and the notes (every
 setting, wall times, anything that failed or was skipped).
+
+Reusing an earlier run's rows (`--reuse-rows OLD.json`)
+-------------------------------------------------------
+Refits only the models named by `--models` (plus the 'real' floor rows, always recomputed) and takes
+every row of every other model of OLD.json (an earlier results file of this suite and dataset)
+unchanged. Refused (SystemExit) when OLD.json is of another suite or dataset, is a PARTIAL file, or
+records different settings that the reused rows depend on (seed, training / test / evaluation sizes,
+synthetic n, impute draws, perturbation, constrained n, TSTR trees, ... and a reused model's own
+settings), when a reused model's settings recorded in its notes are not those the current code
+builds (a peer whose defaults changed since), or when its split sizes or its 'real' floor rows differ from those recomputed now (the
+same training rows, test rows and evaluation protocol give the same floor, to 1e-6 relative). The
+merged JSON records {"reused": {path, created, git commit, models, refitted}}; the notes and the
+Markdown header say which models' rows were reused from which file and which were refitted now, and
+every cross-model summary (targets) is computed from the merged rows. Reused models are not fitted
+on the Table VII layout again (their Table VII rows are reused too).
 """
 
 from __future__ import annotations
@@ -75,6 +90,8 @@ import argparse
 import json
 import math
 import os
+import re
+import subprocess
 import time
 import traceback
 import warnings
@@ -145,6 +162,7 @@ class Settings:
     threads: int = 1
     seed: int = 0
     quick: bool = False
+    reuse_rows: str = ""             # earlier results JSON whose rows of the models not in `models` are reused
     extra_notes: list[str] = field(default_factory=list)
 
 
@@ -317,6 +335,192 @@ def applicable_equations(schema) -> list[str]:
     return [name for name, c in EQUATIONS.items() if c.applies_to(schema.names)]
 
 
+# ===================================================================================== reuse
+# Settings every reused row depends on (they must be equal in the earlier file), and those that only
+# matter when a given model's rows are reused.
+REUSE_KEYS = ("dataset", "seed", "max_train_rows", "n_synth", "n_eval", "impute_draws", "perturb_feature",
+              "perturb_factor", "constrained_n", "max_proposals_factor", "tstr_trees", "fd_max_rows",
+              "missforest_max_rows", "quick")
+REUSE_MODEL_KEYS = {"ctgan": ("ctgan_epochs",), "tvae": ("tvae_epochs",),
+                    **{m: ("epochs", "mean_samples", "latency_rows", "nll_samples") for m in TORCH_MODELS},
+                    "gaussian": ("latency_rows", "nll_samples"), "independent_marginals": ("latency_rows",)}
+FLOOR_RTOL = 1e-6
+TABLE_ORDER = {t: i for i, t in enumerate(TABLE_TITLES)}
+
+
+@dataclass
+class Reuse:
+    """Rows of an earlier results file taken over unchanged for the models not refitted now."""
+
+    path: str
+    doc: dict
+    models: tuple[str, ...]      # models whose rows are reused
+    refitted: tuple[str, ...]    # models refitted now (`--models`)
+    commit: str | None = None    # last git commit of the file, when it is tracked and unchanged
+
+    @property
+    def created(self) -> str:
+        return str(self.doc.get("created"))
+
+    def describe(self) -> str:
+        where = f"{self.path}" + (f" (git {self.commit})" if self.commit else "")
+        return (f"rows of {', '.join(self.models) or 'no model'} reused unchanged from {where}, created "
+                f"{self.created}; refitted and recomputed in this run: {', '.join(self.refitted)} and the "
+                f"'real' floor rows")
+
+    def info(self) -> dict:
+        return {"path": self.path, "created": self.created, "commit": self.commit, "models": list(self.models),
+                "refitted": list(self.refitted)}
+
+
+def _git_commit_of(path: Path) -> str | None:
+    """The last commit of `path` when git tracks it and the working copy is that version, else None."""
+    try:
+        cwd = path.resolve().parent
+        clean = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", path.name], cwd=cwd, capture_output=True,
+                               timeout=10)
+        out = subprocess.run(["git", "log", "-1", "--format=%h", "--", path.name], cwd=cwd, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    h = out.stdout.strip()
+    return h if clean.returncode == 0 and out.returncode == 0 and h else None
+
+
+def load_reuse(s: Settings) -> Reuse:
+    """Read `s.reuse_rows` and check that its rows can stand beside this run's (SystemExit if not)."""
+    path = Path(s.reuse_rows)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--reuse-rows: cannot read {path}: {e}") from e
+    return check_reuse(doc, s, str(path), _git_commit_of(path))
+
+
+def check_reuse(doc: dict, s: Settings, path: str = "<doc>", commit: str | None = None) -> Reuse:
+    """Validate an earlier results document against the settings of this run and name the reused models."""
+    def refuse(why: str) -> None:
+        raise SystemExit(f"--reuse-rows {path}: {why}; its rows cannot be reused (rerun those models instead)")
+
+    if doc.get("suite") != SUITE:
+        refuse(f"suite {doc.get('suite')!r} is not {SUITE!r}")
+    if doc.get("dataset") != s.dataset:
+        refuse(f"dataset {doc.get('dataset')!r} is not this run's {s.dataset!r}")
+    if any(str(n).startswith("PARTIAL") for n in doc.get("notes", [])):
+        refuse("it is a PARTIAL file (an interrupted run)")
+    rows = doc.get("rows") or []
+    if any(r.get("dataset", s.dataset) != s.dataset for r in rows):
+        refuse("it holds rows of another dataset")
+    models = tuple(dict.fromkeys(r["model"] for r in rows if r["model"] != "real" and r["model"] not in s.models))
+    unknown = [m for m in models if m not in ALL_MODELS]
+    if unknown:
+        refuse(f"unknown model(s) {unknown}")
+    old = doc.get("settings") or {}
+    keys = list(REUSE_KEYS) + [k for m in models for k in REUSE_MODEL_KEYS.get(m, ())]
+    differ = []
+    for k in dict.fromkeys(keys):
+        mine = getattr(s, k)
+        if k not in old:
+            differ.append(f"{k} (not recorded there; {mine!r} now)")
+        elif (list(mine) if isinstance(mine, tuple) else mine) != old[k]:
+            differ.append(f"{k} ({old[k]!r} there, {mine!r} now)")
+    if differ:
+        refuse("settings differ: " + "; ".join(differ))
+    return Reuse(path, doc, models, tuple(s.models), commit)
+
+
+def check_reused_settings(reuse: Reuse, s: Settings) -> None:
+    """Each reused model's settings recorded in the earlier notes ("<model> settings: {json}") must be those the
+    current code builds for it (catches a peer whose defaults changed since; SystemExit if not)."""
+    recorded: dict[str, Any] = {}
+    for n in reuse.doc.get("notes", []):
+        m = re.match(r"^(\S+)(?: \(flow\))? settings: (\{.*\})$", str(n))
+        if m:
+            try:
+                recorded[m.group(1)] = json.loads(m.group(2))
+            except ValueError:
+                pass
+    for name in reuse.models:
+        if name not in recorded:
+            raise SystemExit(f"--reuse-rows {reuse.path}: its notes do not record {name}'s settings; cannot check "
+                             f"that the current code would build the same model")
+        now = json.loads(json.dumps(model_settings(name, make_model(name, s)), default=str))
+        if now != recorded[name]:
+            diff = {k: (recorded[name].get(k), now.get(k)) for k in {*now, *recorded[name]}
+                    if now.get(k) != recorded[name].get(k)}
+            raise SystemExit(f"--reuse-rows {reuse.path}: {name} was run with other settings than the current code "
+                             f"builds ({diff}, as (then, now)); refit it (add it to --models)")
+
+
+def check_reuse_sizes(reuse: Reuse, data: BenchData, n_eval: int, n_synth: int) -> str:
+    """The split sizes recorded in the earlier file's notes must be this run's (SystemExit if not)."""
+    notes = " | ".join(str(n) for n in reuse.doc.get("notes", []))
+    m = re.search(r"(\d+) training rows available, models fitted on (\d+) .*?, (\d+) test rows", notes)
+    e = re.search(r"synthetic n (\d+), n_eval (\d+) test rows", notes)
+    if not m or not e:
+        raise SystemExit(f"--reuse-rows {reuse.path}: its notes do not record the split sizes; cannot check them")
+    then = tuple(int(x) for x in (*m.groups(), *e.groups()))
+    now = (len(data.pool), len(data.train), len(data.test), n_synth, n_eval)
+    if then != now:
+        raise SystemExit(f"--reuse-rows {reuse.path}: split sizes (training pool, fitted rows, test rows, synthetic "
+                         f"n, n_eval) were {then}, now {now}; its rows cannot be reused")
+    return (f"{now[0]} training rows available, {now[1]} fitted on, {now[2]} test rows, synthetic n {now[3]}, "
+            f"n_eval {now[4]}")
+
+
+def check_floor(reuse: Reuse, rows: list[dict], tables: Sequence[str], rtol: float = FLOOR_RTOL) -> tuple[int, float]:
+    """The 'real' rows of `tables` recomputed now must equal the earlier file's: same data, same protocol.
+    Returns (rows compared, largest relative difference); SystemExit on a mismatch."""
+    new = {(r["table"], r["metric"], r["split"]): r["value"] for r in rows if r["model"] == "real"}
+    bad, n, worst = [], 0, 0.0
+    for r in reuse.doc.get("rows", []):
+        if r["model"] != "real" or r["table"] not in tables:
+            continue
+        key = (r["table"], r["metric"], r["split"])
+        a, b = r["value"], new.get(key, "missing")
+        n += 1
+        if a is None or b is None or b == "missing":
+            if a is not b:
+                bad.append(f"{key}: {a} there, {b} now")
+            continue
+        rel = abs(a - b) / max(abs(a), abs(b), 1e-12)
+        worst = max(worst, rel)
+        if rel > rtol:
+            bad.append(f"{key}: {a:.6g} there, {b:.6g} now")
+    if bad:
+        raise SystemExit(f"--reuse-rows {reuse.path}: the 'real' floor recomputed now differs from the reused file's "
+                         f"({'; '.join(bad[:5])}): the data or the evaluation protocol changed since, so its rows "
+                         f"cannot be reused")
+    return n, worst
+
+
+def merge_rows(new_rows: list[dict], reuse: Reuse | None) -> list[dict]:
+    """This run's rows (refitted models, 'real') + every row of the reused models, in table order."""
+    if reuse is None:
+        return list(new_rows)
+    reused = set(reuse.models)
+    clash = sorted({r["model"] for r in new_rows if r["model"] in reused})
+    if clash:
+        raise ValueError(f"models {clash} were both refitted and reused")
+    kept = [dict(r) for r in reuse.doc.get("rows", []) if r["model"] in reused]
+    return sorted([*new_rows, *kept], key=lambda r: TABLE_ORDER.get(r.get("table"), len(TABLE_ORDER)))
+
+
+def reused_notes(reuse: Reuse) -> list[str]:
+    """The earlier file's notes about the reused models (settings, subsampling, fit times), marked as such."""
+    tag = f"[reused from {reuse.path}, created {reuse.created}]"
+    out = []
+    for n in reuse.doc.get("notes", []):
+        n = str(n)
+        if any(n.startswith(f"{m} ") or n.startswith(f"{m}:") for m in reuse.models):
+            out.append(f"{tag} {n}")
+        elif n.startswith("wall time"):
+            out.append(f"{tag} that run's {n}")
+        elif " failed: " in n and any(m in n.split(" failed: ")[0].split() for m in reuse.models):
+            out.append(f"{tag} {n}")
+    return out
+
+
 # ====================================================================================== runner
 class Run:
     """Accumulates result rows and notes for one dataset."""
@@ -417,11 +621,13 @@ def fit_grid_models(run: Run) -> tuple[dict[str, Any], dict[str, Any], dict[str,
     imps: dict[str, Any] = {}
     fit_s: dict[str, float] = {}
     fd_train = d.train
-    if FD in s.models and s.fd_max_rows and len(d.train) > s.fd_max_rows:
+    fd_reused = FD in getattr(run, "reused_models", ())
+    if (FD in s.models or fd_reused) and s.fd_max_rows and len(d.train) > s.fd_max_rows:
         fd_train = d.train.sample(n=s.fd_max_rows, random_state=s.seed).reset_index(drop=True)
-        run.notes.append(f"forestdiffusion is fitted on {len(fd_train)} of the {len(d.train)} training rows "
-                         f"(--fd-max-rows {s.fd_max_rows}: with its settings it is too slow on the full table "
-                         f"here); synthehr's models are also timed on that table (fit_seconds [fd_table])")
+        if not fd_reused:  # a reused forestdiffusion brings its own note
+            run.notes.append(f"forestdiffusion is fitted on {len(fd_train)} of the {len(d.train)} training rows "
+                             f"(--fd-max-rows {s.fd_max_rows}: with its settings it is too slow on the full table "
+                             f"here); synthehr's models are also timed on that table (fit_seconds [fd_table])")
     run.fd_train = fd_train
     for name in s.models:
         try:
@@ -496,7 +702,8 @@ def timing_extra(run: Run, fit_s: dict[str, float]) -> None:
     """fit_seconds of synthehr's torch models on ForestDiffusion's table and on every training row."""
     s, d = run.s, run.d
     fd_train = getattr(run, "fd_train", d.train)
-    if FD in fit_s:
+    fd_reused = FD in getattr(run, "reused_models", ())  # its fd_table row is reused; time ours on its table
+    if FD in fit_s or fd_reused:
         if len(fd_train) < len(d.train):
             for name in TORCH_MODELS:
                 if name not in s.models:
@@ -511,7 +718,8 @@ def timing_extra(run: Run, fit_s: dict[str, float]) -> None:
             for name in TORCH_MODELS:
                 if name in fit_s:
                     run.add("I", name, {"fit_seconds": fit_s[name]}, "fd_table")
-        run.add("I", FD, {"fit_seconds": fit_s[FD]}, "fd_table")
+        if FD in fit_s:
+            run.add("I", FD, {"fit_seconds": fit_s[FD]}, "fd_table")
     for name in s.full_fit_models:
         if len(d.pool) <= len(d.train):
             if name in fit_s:
@@ -840,6 +1048,12 @@ def render_markdown(doc: dict, targets: list[str]) -> str:
     env = doc["environment"]
     lines = [f"# {doc['suite']} — {doc['dataset']}", "",
              f"created {doc['created']} on {env['cpu']} ({env['cores']} cores), torch {env.get('torch')}", ""]
+    if doc.get("reused"):
+        r = doc["reused"]
+        lines += [f"Rows of {', '.join(r['models'])} are reused unchanged from {r['path']}"
+                  + (f" (git {r['commit']})" if r.get("commit") else "")
+                  + f", created {r['created']}; refitted in this run: {', '.join(r['refitted'])} (and the 'real' "
+                    f"floor rows). See the first note.", ""]
     df = pd.DataFrame(doc["rows"])
     if df.empty:
         return "\n".join(lines + ["(no rows)"]) + "\n"
@@ -875,8 +1089,8 @@ def _cell(v) -> str:
 
 
 # ======================================================================================= entry
-def run_dataset(s: Settings) -> tuple[list[dict], list[str], list[str]]:
-    """Run every table on one dataset; returns (rows, notes, targets)."""
+def run_dataset(s: Settings) -> tuple[list[dict], list[str], list[str], dict | None]:
+    """Run every table on one dataset; returns (rows, notes, targets, reuse record or None)."""
     import scipy.linalg  # noqa: F401  (load every BLAS library before limiting its threads)
     import sklearn.linear_model  # noqa: F401
     import torch
@@ -889,12 +1103,24 @@ def run_dataset(s: Settings) -> tuple[list[dict], list[str], list[str]]:
         return _run_dataset(s)
 
 
-def _run_dataset(s: Settings) -> tuple[list[dict], list[str], list[str]]:
+
+def _run_dataset(s: Settings) -> tuple[list[dict], list[str], list[str], dict | None]:
+    reuse = load_reuse(s) if s.reuse_rows else None
+    if reuse is not None:  # reused models are not fitted on the Table VII layout again either
+        check_reused_settings(reuse, s)
+        s.tstr_models = tuple(m for m in s.tstr_models if m not in reuse.models)
     data = load_data(s.dataset, Path(s.cache), s.seed, s.max_train_rows)
     run = Run(s, data)
+    run.reused_models = reuse.models if reuse is not None else ()
     n_synth = s.n_synth or len(data.train)
     n_constr = s.constrained_n or n_synth
     evalset = data.test.sample(n=min(s.n_eval, len(data.test)), random_state=s.seed).reset_index(drop=True)
+    sizes = check_reuse_sizes(reuse, data, len(evalset), n_synth) if reuse is not None else ""
+    floor_checked: list[tuple[int, float]] = []
+
+    def floor(*tables: str) -> None:
+        if reuse is not None:
+            floor_checked.append(check_floor(reuse, run.rows, tables))
     run.notes += [
         f"{data.source_note}: {len(data.pool)} training rows available, models fitted on {len(data.train)} "
         f"(--max-train-rows {s.max_train_rows}, seed {s.seed}; the same rows for every model), {len(data.test)} test "
@@ -908,10 +1134,13 @@ def _run_dataset(s: Settings) -> tuple[list[dict], list[str], list[str]]:
     run.log(f"train {len(data.train)} rows, test {len(data.test)} rows, models {','.join(s.models)}")
 
     def checkpoint(done: str) -> None:  # partial results survive an interrupted run
-        write_doc(s, run.rows, [*run.notes, f"PARTIAL: written after {done} ({run.elapsed():.0f} s)"], [])
+        write_doc(s, merge_rows(run.rows, reuse), [*run.notes, f"PARTIAL: written after {done} "
+                                                               f"({run.elapsed():.0f} s)"], [],
+                  reuse.info() if reuse is not None else None)
 
     gens, imps, fit_s = fit_grid_models(run)
     synth = table_i(run, gens, fit_s, n_synth)
+    floor("I")
     run.log("Table I done")
     checkpoint("Table I")
     table_ii(run, imps, evalset)
@@ -919,25 +1148,52 @@ def _run_dataset(s: Settings) -> tuple[list[dict], list[str], list[str]]:
     table_iii_iv(run, imps, evalset, fit_s)
     checkpoint("Tables II-IV")
     table_v_vi(run, gens, synth, n_constr)
+    floor("V", "VI")
     run.log("Tables V/VI done")
     checkpoint("Tables V/VI")
     del gens, imps, synth
     table_vii(run)
+    floor("VII")
     run.log("Table VII done")
     checkpoint("Table VII")
     timing_extra(run, fit_s)
     run.notes.append(f"wall time {run.elapsed():.0f} s for {s.dataset} (grid fits: "
                      + ", ".join(f"{k} {v:.1f} s" for k, v in fit_s.items()) + ")")
-    targets = check_targets(run.rows, s.dataset)
-    return run.rows, run.notes, targets
+    if reuse is not None:
+        n_floor = sum(n for n, _ in floor_checked)
+        worst = max((w for _, w in floor_checked), default=0.0)
+        then, now = reuse.doc.get("environment", {}).get("versions", {}), run_versions()
+        changed = [f"{k} {then.get(k)} -> {v}" for k, v in now.items() if then.get(k) != v]
+        run.notes[:0] = [
+            f"REUSED ROWS: {reuse.describe()}. Checked before merging: same suite, dataset and row-shaping "
+            f"settings ({', '.join(REUSE_KEYS)} + the reused models' own), each reused model's recorded "
+            f"settings equal to those the current code builds, same split sizes ({sizes}), and the "
+            f"{n_floor} 'real' floor rows recomputed now equal that file's (largest relative difference "
+            f"{worst:.1e}); package versions "
+            + ("unchanged" if not changed else "changed: " + ", ".join(changed))
+            + f". Table VII rows of the reused models are reused too. Targets below are computed from the merged "
+              f"rows."]
+        run.notes += reused_notes(reuse)
+    rows = merge_rows(run.rows, reuse)
+    targets = check_targets(rows, s.dataset)
+    return rows, run.notes, targets, (reuse.info() if reuse is not None else None)
 
 
-def write_doc(s: Settings, rows: list[dict], notes: list[str], targets: list[str]) -> tuple[Path, Path]:
+def run_versions() -> dict:
+    from synthehr.benchmarks.results import environment
+
+    return environment()["versions"]
+
+
+def write_doc(s: Settings, rows: list[dict], notes: list[str], targets: list[str],
+              reused: dict | None = None) -> tuple[Path, Path]:
     """`<results>/intergenehr-<dataset>.json` (long rows + settings + targets) and the sectioned Markdown."""
     jpath, mpath = write_results(SUITE, s.dataset, rows, s.results, notes=notes)
     doc = json.loads(jpath.read_text())
     doc["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()
                        if k != "extra_notes"}
+    if reused:
+        doc["reused"] = reused
     doc["targets"] = targets
     jpath.write_text(json.dumps(doc, indent=2))
     mpath.write_text(render_markdown(doc, targets))
@@ -955,6 +1211,8 @@ def run_intergenehr_benchmark(dataset: str = "physionet2012", results: str | Pat
     explicit = {k for k, v in dict(max_train_rows=max_train_rows, epochs=epochs, models=models).items()
                 if v is not None} | set(options)
     out: dict[str, tuple[Path, Path]] = {}
+    if dataset == "all" and options.get("reuse_rows"):
+        raise SystemExit("--reuse-rows names one dataset's results file: run one --dataset at a time")
     for ds in (DATASETS if dataset == "all" else (dataset,)):
         s = Settings(dataset=ds, results=str(results), quick=quick)
         for k, v in options.items():
@@ -974,8 +1232,8 @@ def run_intergenehr_benchmark(dataset: str = "physionet2012", results: str | Pat
         unknown = [m for m in (*s.models, *s.tstr_models) if m not in ALL_MODELS]
         if unknown:
             raise SystemExit(f"unknown model(s) {unknown}; choose from {', '.join(ALL_MODELS)}")
-        rows, notes, targets = run_dataset(s)
-        jpath, mpath = write_doc(s, rows, notes, targets)
+        rows, notes, targets, reused = run_dataset(s)
+        jpath, mpath = write_doc(s, rows, notes, targets, reused)
         print(f"results → {jpath} and {mpath}", flush=True)
         out[ds] = (jpath, mpath)
     return out
@@ -1019,6 +1277,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tstr-trees", type=int, help="trees of the TSTR random forest (default 200)")
     p.add_argument("--threads", type=int, help="torch threads (default 1: busy-waiting workers slow shared CPUs)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--reuse-rows", metavar="OLD.json",
+                   help="take every row of each model NOT named by --models from this earlier results file of the "
+                        "same suite and dataset (refused if its settings, split sizes or 'real' floor differ); "
+                        "refit --models and recompute the floor; the merged file says what came from where")
     a = p.parse_args(argv)
     for var in ("OMP_WAIT_POLICY",):  # only reaches libraries loaded after this point; see run_dataset
         os.environ.setdefault(var, "PASSIVE")
@@ -1027,7 +1289,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in ("cache", "n_synth", "n_eval", "ctgan_epochs", "tvae_epochs", "fd_max_rows", "missforest_max_rows",
               "impute_draws", "mean_samples",
               "nll_samples", "latency_rows", "perturb_feature", "perturb_factor", "constrained_n", "threads", "seed",
-              "tstr_trees"):
+              "tstr_trees", "reuse_rows"):
         v = getattr(a, k)
         if v is not None and not (k == "cache" and v == str(CACHE)):
             options[k] = v
