@@ -332,17 +332,19 @@ def _impute_with(zt, zs, y, hidden, **hp):
 def test_anchored_label_aware_gw_map_recovers_held_out_partners_better_than_the_plain_gw_map():
     zt, zs, y = _two_modality_latents()
     hidden = np.random.default_rng(1).random(len(zt)) < 0.4   # 40 % temporal-only records
-    old, _ = _impute_with(zt, zs, y, hidden, gw_pair_weight=1.0, gw_label_map=False, impute_noise=False)
-    new, model = _impute_with(zt, zs, y, hidden, impute_noise=False)
-    mse_old, mse_new = ((old - zs[hidden]) ** 2).mean(), ((new - zs[hidden]) ** 2).mean()
-    assert mse_new < 0.25 * mse_old, (mse_old, mse_new)
+    old, _ = _impute_with(zt, zs, y, hidden, gw_pair_weight=1.0, gw_label_map=False, gw_donors=0)
+    new, model = _impute_with(zt, zs, y, hidden, gw_donors=0)
+    pmm, _ = _impute_with(zt, zs, y, hidden)                   # the default: mean of 5 same-label donors
+    mse = {k: ((v - zs[hidden]) ** 2).mean() for k, v in (("old", old), ("new", new), ("pmm", pmm))}
+    assert mse["new"] < 0.25 * mse["old"] and mse["pmm"] < 0.5 * mse["old"], mse
     assert model.map_label_input_ and model.map_t2s_.weight.shape == (4 + 2, 3)
     assert "with the label as input" in model.info_["alignment"]
     # with residual noise the imputed embeddings keep the label gap of the real ones (label-blind noise does not)
     yh = y[hidden]
     gap = lambda z: z[yh == 1].mean(0) - z[yh == 0].mean(0)   # noqa: E731
-    noisy_new, _ = _impute_with(zt, zs, y, hidden)
-    noisy_old, _ = _impute_with(zt, zs, y, hidden, gw_pair_weight=1.0, gw_label_map=False)
+    noisy_new, _ = _impute_with(zt, zs, y, hidden, gw_donors=0, impute_noise=True)
+    noisy_old, _ = _impute_with(zt, zs, y, hidden, gw_pair_weight=1.0, gw_label_map=False, gw_donors=0,
+                                impute_noise=True)
     true_gap = gap(zs[hidden])
     assert np.abs(gap(noisy_new) - true_gap).mean() < 0.5 * np.abs(gap(noisy_old) - true_gap).mean()
 
@@ -383,12 +385,13 @@ def test_label_map_round_trips_and_older_saved_models_still_load(toy, tmp_path):
     np.testing.assert_array_equal(loaded.map_t2s_.weight, model.map_t2s_.weight)
     pd.testing.assert_frame_equal(model.sample(20, seed=3), loaded.sample(20, seed=3))
     # a model saved before gw_pair_weight / gw_label_map existed: no such hyper-parameters, no state flag
-    old = FlexGenEHR(**TINY, gw_pair_weight=1.0, gw_label_map=False).fit(dropped, schema)
+    old = FlexGenEHR(**TINY, gw_pair_weight=1.0, gw_label_map=False, gw_donors=0, impute_noise=True,
+                     vae_epoch_scale=False).fit(dropped, schema)
     assert not old.map_label_input_ and old.map_t2s_.weight.shape[0] == old.temporal_latent
     path = old.save(tmp_path / "old")
 
     def strip(cfg):
-        for k in ("gw_pair_weight", "gw_label_map"):
+        for k in ("gw_pair_weight", "gw_label_map", "gw_donors", "vae_epoch_scale"):
             del cfg["hyperparameters"][k]
         del cfg["state"]["map_label_input"]
     _rewrite_config(path, strip)
@@ -406,7 +409,7 @@ def test_gw_pair_weight_is_validated():
 def test_pmm_donors_impute_real_partner_embeddings_of_the_same_label():
     zt, zs, y = _two_modality_latents()
     hidden = np.random.default_rng(1).random(len(zt)) < 0.4
-    got, model = _impute_with(zt, zs, y, hidden, gw_donors=5)
+    got, model = _impute_with(zt, zs, y, hidden, gw_donors=5, impute_noise=True)   # one donor drawn per record
     donors = zs[~hidden]
     # every imputed embedding is one of the complete records' static embeddings, of the record's own label
     match = np.abs(got[:, None, :] - donors[None]).max(-1) < 1e-12
