@@ -120,6 +120,12 @@ def test_quick_run_with_two_sweep_seeds(tmp_path, demo_raw):
     assert again["rows"] == first["rows"]
     assert any("main table from flexgen-mimic-iv-demo.json" in n for n in again["notes"])
     assert again["notes"][-1] == "hello" and any(n.startswith("this run's wall time") for n in again["notes"])
+    # assembling again from an assembled file keeps one "main table from" note and drops the old sweep's notes
+    from synthehr.benchmarks.flexgen_suite import main_from
+
+    _, notes = main_from(str(tmp_path / "r2" / "flexgen-mimic-iv-demo.json"), "mimic-iv-demo")
+    assert sum(n.startswith("main table from") for n in notes) == 1
+    assert not any(n.startswith(("sweep", "this run's wall time")) for n in notes) and "hello" in notes
     doc = json.loads((tmp_path / "r" / "flexgen-mimic-iv-demo.json").read_text())
     md = (tmp_path / "r" / "flexgen-mimic-iv-demo.md").read_text()
     rows = doc["rows"]
@@ -150,7 +156,7 @@ def test_alignment_signature_and_legacy_options():
 
     sig = alignment_signature(_sweep_args())
     assert sig["gw_pair_weight"] == 10.0 and sig["gw_label_map"] is True and sig != LEGACY_ALIGNMENT
-    legacy = ["gw_pair_weight=1", "gw_label_map=false", "vae_epoch_scale=false"]
+    legacy = ["gw_pair_weight=1", "gw_label_map=false", "vae_epoch_scale=false", "gw_donors=0", "impute_noise=true"]
     assert alignment_signature(_sweep_args(gw_option=legacy)) == LEGACY_ALIGNMENT
     assert flexgen_params(_sweep_args(gw_option=["gw_donors=5"]))["gw_donors"] == 5
     with pytest.raises(SystemExit):

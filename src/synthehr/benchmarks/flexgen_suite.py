@@ -22,8 +22,8 @@ with the static columns as context) when they run here.
 kNN-imputed data (sklearn KNNImputer on the standardized wide table, as §5.5) + flexgen.
 --gw-option KEY=VALUE (repeatable) sets one of flexgen's alignment hyper-parameters (ALIGNMENT_KEYS)
 for the main table and the sweep; LEGACY_ALIGNMENT holds the values from before the anchored,
-label-aware map existed, e.g. ``--gw-option gw_pair_weight=1 --gw-option gw_label_map=false
---gw-option vae_epoch_scale=false``.
+label-aware map existed: ``--gw-option gw_pair_weight=1 --gw-option gw_label_map=false
+--gw-option gw_donors=0 --gw-option impute_noise=true --gw-option vae_epoch_scale=false``.
 
 --sweep-cache keeps finished points per sweep configuration; flexgen-gw rows are stored with the
 alignment hyper-parameters they were fitted with and reused only under the same ones, while the
@@ -705,7 +705,9 @@ def main_from(path: str, dataset: str) -> tuple[list[dict], list[str]]:
     if doc.get("dataset") != dataset:
         raise SystemExit(f"{path} holds dataset {doc.get('dataset')!r}, not {dataset!r}")
     rows = [r for r in doc["rows"] if r.get("p") is None]
-    notes = [n for n in doc.get("notes", []) if not n.startswith("sweep ")]
+    # notes about the sweep being replaced ("sweep ...", a --note "sweep: ...") and the earlier assembly's own go
+    notes = [n for n in doc.get("notes", [])
+             if not n.startswith(("sweep", "main table from ", "this run's wall time"))]
     notes = [f"main table run of {doc['created']}: {n}" if n.startswith("total wall time") else n for n in notes]
     notes.append(f"main table from {Path(path).name} (created {doc['created']}); sweep added by a later run")
     return rows, notes
