@@ -215,6 +215,24 @@ def test_quick_run_reusing_the_earlier_rows(quick_run, tmp_path):
     assert new["notes"][0].startswith("REUSED ROWS:") and str(old) in new["notes"][0]
     assert "Rows of independent_marginals, vae, pmvae, mice, knn are reused unchanged" in md
     assert new["targets"] and not [n for n in new["notes"] if "failed" in n]
+    # the merged file can itself be reused: refit knn only; the rows reused twice keep their first origin
+    merged = tmp_path / "merged.json"
+    merged.write_text(json.dumps(new))
+    try:
+        rc = main(["--dataset", "mimic-iv-demo", "--quick", "--results", str(tmp_path / "again"), "--cache",
+                   str(cache), "--models", "knn", "--reuse-rows", str(merged)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    again = json.loads((tmp_path / "again" / "intergenehr-mimic-iv-demo.json").read_text())
+    assert again["reused"]["models"] == ["gaussian", "independent_marginals", "vae", "pmvae", "mice"]
+    assert again["reused"]["rows_created"]["vae"] == doc["created"]
+    assert again["reused"]["rows_created"]["gaussian"] == new["created"]
+    again_rows = {key(r): r["value"] for r in again["rows"]}
+    assert len(again_rows) == len(again["rows"])
+    assert all(again_rows[k] == v for k, v in new_rows.items() if k[1] not in ("knn", "real"))
+    assert any(n.startswith(f"[reused from {old}") and n.split("] ", 1)[1].startswith("vae settings")
+               for n in again["notes"]), again["notes"]
     # a different evaluation size is refused before anything is fitted
     with pytest.raises(SystemExit, match="n_eval"):
         main(["--dataset", "mimic-iv-demo", "--quick", "--results", str(tmp_path / "bad"), "--cache", str(cache),

@@ -345,6 +345,7 @@ REUSE_MODEL_KEYS = {"ctgan": ("ctgan_epochs",), "tvae": ("tvae_epochs",),
                     **{m: ("epochs", "mean_samples", "latency_rows", "nll_samples") for m in TORCH_MODELS},
                     "gaussian": ("latency_rows", "nll_samples"), "independent_marginals": ("latency_rows",)}
 FLOOR_RTOL = 1e-6
+REUSED_TAG = re.compile(r"^\[reused from [^\]]*\] ")  # the mark on notes carried over from an earlier file
 TABLE_ORDER = {t: i for i, t in enumerate(TABLE_TITLES)}
 
 
@@ -362,15 +363,28 @@ class Reuse:
     def created(self) -> str:
         return str(self.doc.get("created"))
 
+    def rows_created(self) -> dict[str, str]:
+        """When each reused model's rows were computed: the file's time, or, for rows that file itself
+        reused from an earlier one, that earlier time."""
+        before = self.doc.get("reused") or {}
+        older = {m: before.get("rows_created", {}).get(m, before.get("created")) for m in before.get("models", [])}
+        return {m: str(older.get(m) or self.created) for m in self.models}
+
     def describe(self) -> str:
         where = f"{self.path}" + (f" (git {self.commit})" if self.commit else "")
+        older = {m: c for m, c in self.rows_created().items() if c != self.created}
         return (f"rows of {', '.join(self.models) or 'no model'} reused unchanged from {where}, created "
-                f"{self.created}; refitted and recomputed in this run: {', '.join(self.refitted)} and the "
-                f"'real' floor rows")
+                f"{self.created}"
+                + (f" (which had itself reused those of {', '.join(f'{m} (computed {c})' for m, c in older.items())})"
+                   if older else "")
+                + f"; refitted and recomputed in this run: {', '.join(self.refitted)} and the 'real' floor rows")
 
     def info(self) -> dict:
-        return {"path": self.path, "created": self.created, "commit": self.commit, "models": list(self.models),
-                "refitted": list(self.refitted)}
+        out = {"path": self.path, "created": self.created, "commit": self.commit, "models": list(self.models),
+               "refitted": list(self.refitted)}
+        if any(c != self.created for c in self.rows_created().values()):
+            out["rows_created"] = self.rows_created()
+        return out
 
 
 def _git_commit_of(path: Path) -> str | None:
@@ -434,7 +448,7 @@ def check_reused_settings(reuse: Reuse, s: Settings) -> None:
     current code builds for it (catches a peer whose defaults changed since; SystemExit if not)."""
     recorded: dict[str, Any] = {}
     for n in reuse.doc.get("notes", []):
-        m = re.match(r"^(\S+)(?: \(flow\))? settings: (\{.*\})$", str(n))
+        m = re.match(r"^(\S+)(?: \(flow\))? settings: (\{.*\})$", REUSED_TAG.sub("", str(n)))
         if m:
             try:
                 recorded[m.group(1)] = json.loads(m.group(2))
@@ -509,10 +523,19 @@ def merge_rows(new_rows: list[dict], reuse: Reuse | None) -> list[dict]:
 def reused_notes(reuse: Reuse) -> list[str]:
     """The earlier file's notes about the reused models (settings, subsampling, fit times), marked as such."""
     tag = f"[reused from {reuse.path}, created {reuse.created}]"
+    before = set((reuse.doc.get("reused") or {}).get("models", []))
     out = []
     for n in reuse.doc.get("notes", []):
         n = str(n)
-        if any(n.startswith(f"{m} ") or n.startswith(f"{m}:") for m in reuse.models):
+        body = REUSED_TAG.sub("", n)
+        if body != n:  # carried over by an earlier merge: keep its own provenance
+            about = [m for m in reuse.models if body.startswith(f"{m} ") or body.startswith(f"{m}:")]
+            if about or (body.startswith("that run's wall time") and before & set(reuse.models)):
+                out.append(n)
+        elif n.startswith("REUSED ROWS:"):
+            if before & set(reuse.models):
+                out.append(f"{tag} that file's {n}")
+        elif any(n.startswith(f"{m} ") or n.startswith(f"{m}:") for m in reuse.models):
             out.append(f"{tag} {n}")
         elif n.startswith("wall time"):
             out.append(f"{tag} that run's {n}")
