@@ -11,8 +11,9 @@ token at a time (torch, for sampling) — and a test checks they agree token for
 -1 when no stay of that kind is open after the token.
 
 The stay clocks enter the model as smooth features (Gaussian bumps over log2(1 + h), half an octave
-apart, and over h, two hours apart up to a week) plus a linear ramp, so neighbouring hours share
-parameters: a fine clock with no rarely trained buckets late in long stays.  The 2-hour spacing is
+apart, and over h, two hours apart up to a week), a linear ramp, and sines and cosines of h at periods
+from 30 minutes to 512 hours (sub-hour resolution at any point of a stay, as in Time2Vec), so
+neighbouring hours share parameters: a fine clock with no rarely trained buckets late in long stays.  The 2-hour spacing is
 there because 6-hour bumps let PhysioNet's hard 48 h cut blur into measurements until ~60 h.
 """
 
@@ -30,8 +31,9 @@ LOG_WIDTH = 0.5
 LINEAR_CENTRES = np.arange(0.0, 168.01, 2.0)     # hours: the first week at 2 h spacing
 LINEAR_WIDTH = 1.5
 RAMP_HOURS = 168.0                               # + a linear ramp min(h, 2 weeks) / 1 week
+PERIODS_HOURS = 2.0 ** np.arange(-1, 10)         # + sin/cos of h at periods 30 min … 512 h
 N_STAY_CLOCKS = 2                                # ICU, hospital
-FEATURES_PER_CLOCK = len(LOG_CENTRES) + len(LINEAR_CENTRES) + 2  # + ramp + "a stay is open"
+FEATURES_PER_CLOCK = len(LOG_CENTRES) + len(LINEAR_CENTRES) + 2 * len(PERIODS_HOURS) + 2  # + ramp + "open"
 N_STAY_FEATURES = N_STAY_CLOCKS * FEATURES_PER_CLOCK
 
 
@@ -122,6 +124,8 @@ def stay_features(stay: torch.Tensor) -> torch.Tensor:
     hc = torch.as_tensor(LINEAR_CENTRES, dtype=torch.float32)
     f_log = torch.exp(-0.5 * ((u[..., None] - lc) / LOG_WIDTH) ** 2)
     f_lin = torch.exp(-0.5 * ((h[..., None] - hc) / LINEAR_WIDTH) ** 2)
+    ang = h[..., None] * torch.as_tensor(2 * np.pi / PERIODS_HOURS, dtype=torch.float32)
     ramp = (h.clamp(max=2 * RAMP_HOURS) / RAMP_HOURS)[..., None]
-    f = torch.cat([f_log, f_lin, ramp, torch.ones_like(h)[..., None]], dim=-1) * is_open[..., None]
+    f = torch.cat([f_log, f_lin, torch.sin(ang), torch.cos(ang), ramp, torch.ones_like(h)[..., None]],
+                  dim=-1) * is_open[..., None]
     return f.flatten(-2)
