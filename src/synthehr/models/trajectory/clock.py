@@ -115,16 +115,20 @@ class RunningClock:
                            torch.full_like(self.opened_at, -1.0)).float()
 
 
+# built once: stay_features runs at every sampling step
+_LOG_CENTRES_T = torch.as_tensor(LOG_CENTRES, dtype=torch.float32)
+_LINEAR_CENTRES_T = torch.as_tensor(LINEAR_CENTRES, dtype=torch.float32)
+_FREQS_T = torch.as_tensor(2 * np.pi / PERIODS_HOURS, dtype=torch.float32)
+
+
 def stay_features(stay: torch.Tensor) -> torch.Tensor:
     """(..., 2) stay clocks (-1 = closed) → (..., N_STAY_FEATURES) smooth features (zeros when closed)."""
     is_open = (stay >= 0).to(torch.float32)
     h = stay.clamp(min=0).to(torch.float32)
     u = torch.log2(1 + h)
-    lc = torch.as_tensor(LOG_CENTRES, dtype=torch.float32)
-    hc = torch.as_tensor(LINEAR_CENTRES, dtype=torch.float32)
-    f_log = torch.exp(-0.5 * ((u[..., None] - lc) / LOG_WIDTH) ** 2)
-    f_lin = torch.exp(-0.5 * ((h[..., None] - hc) / LINEAR_WIDTH) ** 2)
-    ang = h[..., None] * torch.as_tensor(2 * np.pi / PERIODS_HOURS, dtype=torch.float32)
+    f_log = torch.exp(-0.5 * ((u[..., None] - _LOG_CENTRES_T) / LOG_WIDTH) ** 2)
+    f_lin = torch.exp(-0.5 * ((h[..., None] - _LINEAR_CENTRES_T) / LINEAR_WIDTH) ** 2)
+    ang = h[..., None] * _FREQS_T
     ramp = (h.clamp(max=2 * RAMP_HOURS) / RAMP_HOURS)[..., None]
     f = torch.cat([f_log, f_lin, torch.sin(ang), torch.cos(ang), ramp, torch.ones_like(h)[..., None]],
                   dim=-1) * is_open[..., None]

@@ -38,6 +38,7 @@ class TokenStore:
         self._roles = roles
         self._offsets: list[int] = [0]
         self._subjects: list[int] = []
+        self._offsets_arr: np.ndarray | None = None
         self._fds: dict[str, int] = {}
         for name, _, _ in self._FILES:
             (self.root / f"{name}.bin").write_bytes(b"")
@@ -49,6 +50,7 @@ class TokenStore:
                 f.write(np.ascontiguousarray(arr, dt).tobytes())
         base = self._offsets[-1]
         self._offsets += (base + enc.offsets[1:]).tolist()
+        self._offsets_arr = None
         self._subjects += enc.subject_ids.tolist()
 
     def finish(self) -> "TokenStore":
@@ -61,15 +63,18 @@ class TokenStore:
             os.close(fd)
         self._fds = {}
 
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
+    def __enter__(self) -> "TokenStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def offsets(self) -> np.ndarray:
-        return np.asarray(self._offsets, np.int64)
+        # read once per training batch: keep the array until the next append
+        if self._offsets_arr is None:
+            self._offsets_arr = np.asarray(self._offsets, np.int64)
+        return self._offsets_arr
 
     def read(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Tokens (n,), hours (n,) and stay clocks (n, 2) of the stored positions [start, start + n)."""

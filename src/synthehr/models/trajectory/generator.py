@@ -114,9 +114,8 @@ class TrajectoryGenerator:
             raise DataError("the training data hold no subjects")
         tok = Tokenizer(vocab)
         repairs: Counter = Counter()
-        tmp = tempfile.TemporaryDirectory(prefix="synthehr-traj-", dir=work_dir)
-        try:
-            store = TokenStore(tmp.name, ClockRoles.of(vocab))
+        with tempfile.TemporaryDirectory(prefix="synthehr-traj-", dir=work_dir) as tmp, \
+                TokenStore(tmp, ClockRoles.of(vocab)) as store:
             t1 = time.perf_counter()
             for shard in meds_shards(data, split):
                 enc, rep = tok.encode(shard)
@@ -131,9 +130,6 @@ class TrajectoryGenerator:
             log = train(model, store, context=hp["context"], rows=hp["batch_rows"], epochs=hp["epochs"], lr=hp["lr"],
                         seed=hp["seed"], max_steps=hp["max_steps"], max_seconds=hp["max_seconds"], progress=progress)
             train_loss = evaluate_loss(model, store, hp["context"], max_batches=20)
-            store.close()
-        finally:
-            tmp.cleanup()
         self.vocab_, self.model_ = vocab, model
         n_real = int(sum(v for k, v in repairs.items() if k != "out_of_vocabulary_events"))
         self.info_ = {
@@ -180,8 +176,8 @@ class TrajectoryGenerator:
         self._check_fitted()
         self._threads()
         tok = self.tokenizer
-        with tempfile.TemporaryDirectory(prefix="synthehr-traj-nll-") as tmp:
-            store = TokenStore(tmp, ClockRoles.of(self.vocab_))
+        with tempfile.TemporaryDirectory(prefix="synthehr-traj-nll-") as tmp, \
+                TokenStore(tmp, ClockRoles.of(self.vocab_)) as store:
             for shard in meds_shards(data, split):
                 store.append(tok.encode(shard)[0])
                 if max_tokens and store.offsets[-1] >= max_tokens:
@@ -189,10 +185,7 @@ class TrajectoryGenerator:
             store.finish()
             ctx = self.hyperparameters["context"]
             n_batches = int(np.ceil(store.offsets[-1] / (16 * ctx * 0.6))) + 1
-            try:
-                return evaluate_loss(self.model_, store, ctx, max_batches=n_batches)
-            finally:
-                store.close()
+            return evaluate_loss(self.model_, store, ctx, max_batches=n_batches)
 
     # ------------------------------------------------------------------ sampling
     def sample_tokens(self, prompts: list[np.ndarray], seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
