@@ -232,9 +232,8 @@ def pmm_impute(pred_query: np.ndarray, pred_donor: np.ndarray, out_donor: np.nda
         pool = np.flatnonzero(dg == g) if g >= 0 else np.array([], int)
         if len(pool) < max(int(k), 1):
             pool = np.arange(len(pred_donor))
-        kk = max(1, min(int(k), len(pool)))
-        d = _sqdist(pred_query[rows] / scale, pred_donor[pool] / scale)
-        near = pool[np.argpartition(d, kk - 1, axis=1)[:, :kk]]
+        near = pool[_k_nearest(pred_query[rows] / scale, pred_donor[pool] / scale, k)]
+        kk = near.shape[1]
         out[rows] = (out_donor[near[np.arange(len(rows)), rng.integers(0, kk, len(rows))]] if draw
                      else out_donor[near].mean(axis=1))
     return out
@@ -242,11 +241,14 @@ def pmm_impute(pred_query: np.ndarray, pred_donor: np.ndarray, out_donor: np.nda
 
 def knn_impute(z_query: np.ndarray, z_ref_in: np.ndarray, z_ref_out: np.ndarray, k: int = 5) -> np.ndarray:
     """Mean partner embedding of the k nearest complete records (Euclidean, in the observed space)."""
-    z_query, z_ref_in = np.asarray(z_query, float), np.asarray(z_ref_in, float)
-    k = max(1, min(int(k), len(z_ref_in)))
-    d = _sqdist(z_query, z_ref_in)
-    idx = np.argpartition(d, k - 1, axis=1)[:, :k]
+    idx = _k_nearest(np.asarray(z_query, float), np.asarray(z_ref_in, float), k)
     return np.asarray(z_ref_out, float)[idx].mean(axis=1)
+
+
+def _k_nearest(query: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
+    """(n_query, k') indices of each query row's k nearest `ref` rows (Euclidean; k' = min(k, len(ref)))."""
+    k = max(1, min(int(k), len(ref)))
+    return np.argpartition(_sqdist(query, ref), k - 1, axis=1)[:, :k]
 
 
 def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
