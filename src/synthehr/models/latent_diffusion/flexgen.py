@@ -475,26 +475,23 @@ class FlexGenEHR(Generator):
         wb = np.r_[np.ones(len(js)), np.full(len(pairs), self.gw_pair_weight)]
         self.map_t2s_ = fit_affine_map(a_in, a_out, wa)
         self.map_s2t_ = fit_affine_map(b_in, b_out, wb)
-        rows_t, rows_s = np.flatnonzero(t_only), np.flatnonzero(s_only)
-        if self.gw_donors > 0:  # predictive mean matching on the maps' predictions
-            # donors: the exact pairs, or the GW pseudo-pairs when there are fewer than gw_donors exact pairs
-            use_pairs = len(pairs) >= self.gw_donors
-            for amap, z_in, z_out, rows, fit_in, fit_out, fit_rows in (
-                    (self.map_t2s_, zt, zs, rows_t, a_in, a_out, a_rows),
-                    (self.map_s2t_, zs, zt, rows_s, b_in, b_out, b_rows)):
-                if not len(rows):
-                    continue
+        # donors for predictive mean matching: the exact pairs, or the GW pseudo-pairs when there are
+        # fewer than gw_donors exact pairs
+        use_pairs = len(pairs) >= self.gw_donors
+        for amap, z_in, z_out, rows, fit_in, fit_out, fit_rows, w in (
+                (self.map_t2s_, zt, zs, np.flatnonzero(t_only), a_in, a_out, a_rows, wa),
+                (self.map_s2t_, zs, zt, np.flatnonzero(s_only), b_in, b_out, b_rows, wb)):
+            if not len(rows):
+                continue
+            pred = amap(design(z_in[rows], rows))
+            if self.gw_donors > 0:  # predictive mean matching on the map's predictions
                 d_rows = pairs if use_pairs else fit_rows[:len(fit_rows) - len(pairs)]
                 d_pred = amap(design(z_in[d_rows], d_rows)) if use_pairs else amap(fit_in[:len(d_rows)])
                 d_out = z_out[d_rows] if use_pairs else fit_out[:len(d_rows)]
-                z_out[rows] = pmm_impute(amap(design(z_in[rows], rows)), d_pred, d_out, self.gw_donors, rng,
-                                         yk[rows], yk[d_rows], draw=self.impute_noise)
-        elif t_only.any():
-            zs[t_only] = self.map_t2s_(design(zt[t_only], rows_t)) + self._residual_noise(
-                self.map_t2s_, a_in, a_out, wa, yk[a_rows], yk[rows_t], rng)
-        if s_only.any() and self.gw_donors == 0:
-            zt[s_only] = self.map_s2t_(design(zs[s_only], rows_s)) + self._residual_noise(
-                self.map_s2t_, b_in, b_out, wb, yk[b_rows], yk[rows_s], rng)
+                z_out[rows] = pmm_impute(pred, d_pred, d_out, self.gw_donors, rng, yk[rows], yk[d_rows],
+                                         draw=self.impute_noise)
+            else:
+                z_out[rows] = pred + self._residual_noise(amap, fit_in, fit_out, w, yk[fit_rows], yk[rows], rng)
         self.info_["alignment"] = (f"entropic GW (eps={self.gw_epsilon}, label-aware={self.gw_label_aware}) on "
                                    f"{len(it)} temporal x {len(js)} static embeddings + {len(pairs)} complete pairs "
                                    f"(weight {self.gw_pair_weight:g} each); affine maps"
