@@ -73,7 +73,8 @@ def run_dataset(args) -> list[Path]:
     work = Path(args.work or tempfile.mkdtemp(prefix="synthehr-traj-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     root, dataset = _meds_root(args, work)
-    hp = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "context": args.context,
+    hp = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "kv_heads": args.kv_heads,
+          "context": args.context,
           "epochs": args.epochs, "max_seconds": args.max_seconds, "batch_rows": args.batch_rows, "lr": args.lr,
           "min_subjects": args.min_subjects, "threads": args.threads, "seed": args.seed, "max_len": args.max_len}
     t0 = time.perf_counter()
@@ -195,7 +196,7 @@ def run_dataset(args) -> list[Path]:
     add(T, "peak_rss_mb", _rss_mb())
     reasons = rv.filter(~pl.col("valid")).group_by("reason").len().sort("len", descending=True)
     notes = [
-        f"model: {json.dumps({k: gen.hyperparameters[k] for k in ('d_model', 'n_layers', 'n_heads', 'context', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'threads')})}",
+        f"model: {json.dumps({k: gen.hyperparameters[k] for k in ('d_model', 'n_layers', 'n_heads', 'kv_heads', 'context', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'stay_clock', 'seen_memory', 'threads')})}",
         f"vocabulary {info['vocab']['vocab_size']:,} tokens: {info['vocab']['n_codes_kept']:,} of "
         f"{info['vocab']['n_codes_seen']:,} codes kept (seen in >= {info['vocab']['min_subjects']} training "
         f"subjects, {100 * info['vocab']['event_coverage']:.1f}% of events), {info['vocab']['n_value_codes']:,} "
@@ -254,7 +255,7 @@ def _poll():
 threading.Thread(target=_poll, daemon=True).start()
 torch.set_num_threads(args["threads"])
 from synthehr.models.trajectory import TrajectoryGenerator
-g = TrajectoryGenerator(d_model=args["d_model"], n_layers=args["n_layers"], n_heads=args["n_heads"],
+g = TrajectoryGenerator(d_model=args["d_model"], n_layers=args["n_layers"], n_heads=args["n_heads"], kv_heads=args["kv_heads"],
                         context=args["context"], max_steps=args["steps"], batch_rows=args["batch_rows"],
                         epochs=1000, threads=args["threads"], max_len=args["max_len"], min_subjects=2)
 t0 = time.perf_counter()
@@ -293,7 +294,7 @@ def run_scale(args) -> list[Path]:
             if not link.exists():
                 link.symlink_to(full / "data" / "train" / f"{k}.parquet")
         child_args = {"corpus": str(root), "work": str(work), "out": str(work / f"synthetic-{n}"), "threads": args.threads,
-                      "d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads,
+                      "d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "kv_heads": args.kv_heads,
                       "context": args.context, "steps": args.scale_steps, "batch_rows": args.batch_rows,
                       "n_generate": args.scale_generate, "batch_size": args.batch_size, "max_len": args.max_len or 4096}
         t0 = time.perf_counter()
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--n-heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, help="key/value heads shared by the query heads (default: one each)")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--max-seconds", type=float, help="training time budget")

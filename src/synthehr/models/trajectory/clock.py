@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from synthehr.models.trajectory.vocab import Cat, Vocabulary
+from synthehr.models.trajectory.vocab import CODE_LIKE, Cat, Vocabulary
 
 LOG_CENTRES = np.arange(0.0, 12.01, 0.5)        # log2(1 + hours): 0 h … ~170 days
 LOG_WIDTH = 0.5
@@ -41,19 +41,22 @@ N_STAY_FEATURES = N_STAY_CLOCKS * FEATURES_PER_CLOCK
 class ClockRoles:
     """Per-token facts the clocks need: (V,) hours each token moves time, and which tokens open and
     close ICU and hospital stays (the grammar's definition: ICU_DISCHARGE closes an ICU stay,
-    HOSPITAL_DISCHARGE[//DIED] a hospital stay)."""
+    HOSPITAL_DISCHARGE[//DIED] a hospital stay); and which tokens are codes, the ones the seen-codes
+    memory holds (memory.py)."""
 
     inc_hours: np.ndarray
     icu_open: np.ndarray
     icu_close: np.ndarray
     hosp_open: np.ndarray
     hosp_close: np.ndarray
+    code_like: np.ndarray
 
     @classmethod
     def of(cls, vocab: Vocabulary) -> "ClockRoles":
         cat = vocab.cat
         return cls(vocab.time_increments_hours(), cat == Cat.ICU_OPEN, cat == Cat.ICU_CLOSE,
-                   cat == Cat.HOSP_OPEN, (cat == Cat.HOSP_CLOSE) | (cat == Cat.HOSP_DIED))
+                   cat == Cat.HOSP_OPEN, (cat == Cat.HOSP_CLOSE) | (cat == Cat.HOSP_DIED),
+                   np.isin(cat, np.asarray(CODE_LIKE, dtype=cat.dtype)))
 
 
 def _since_open(hours: np.ndarray, starts: np.ndarray, is_open: np.ndarray, is_close: np.ndarray) -> np.ndarray:

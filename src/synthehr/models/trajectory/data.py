@@ -20,17 +20,19 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from synthehr.models.trajectory.clock import ClockRoles, record_clocks
+from synthehr.models.trajectory.memory import SeenInput, first_occurrences
 from synthehr.models.trajectory.tokenizer import PREFIX_LEN, Encoded
 
 
 class TokenStore:
-    """tokens.bin (int32), hours.bin (float32: hours since the record's first event after each token) and
-    stay.bin (float32 pairs: hours since the open ICU / hospital stay began, -1 when none; see clock.py).
+    """tokens.bin (int32), hours.bin (float32: hours since the record's first event after each token),
+    stay.bin (float32 pairs: hours since the open ICU / hospital stay began, -1 when none; see clock.py)
+    and first.bin (uint8: 1 where a code appears for the first time in its record; see memory.py).
 
     Windows are read with positioned reads (`os.pread`), not a memory map: mapped pages of a file count
     in the process's resident memory, so a memory map would make RSS grow with the corpus."""
 
-    _FILES = (("tokens", np.int32, 1), ("hours", np.float32, 1), ("stay", np.float32, 2))
+    _FILES = (("tokens", np.int32, 1), ("hours", np.float32, 1), ("stay", np.float32, 2), ("first", np.uint8, 1))
 
     def __init__(self, root: str | Path, roles: ClockRoles):
         self.root = Path(root)
@@ -45,7 +47,8 @@ class TokenStore:
 
     def append(self, enc: Encoded) -> None:
         hours, stay = record_clocks(enc.tokens, enc.offsets, self._roles)
-        for (name, dt, _), arr in zip(self._FILES, (enc.tokens, hours, stay)):
+        first = first_occurrences(enc.tokens, enc.offsets, self._roles.code_like)
+        for (name, dt, _), arr in zip(self._FILES, (enc.tokens, hours, stay, first)):
             with open(self.root / f"{name}.bin", "ab") as f:
                 f.write(np.ascontiguousarray(arr, dt).tobytes())
         base = self._offsets[-1]
@@ -76,10 +79,14 @@ class TokenStore:
             self._offsets_arr = np.asarray(self._offsets, np.int64)
         return self._offsets_arr
 
-    def read(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Tokens (n,), hours (n,) and stay clocks (n, 2) of the stored positions [start, start + n)."""
+    def read(self, start: int, n: int, fields: tuple[str, ...] = ("tokens", "hours", "stay", "first")
+             ) -> tuple[np.ndarray, ...]:
+        """The stored positions [start, start + n) of each field: tokens (n,), hours (n,), stay clocks
+        (n, 2), first-occurrence flags (n,)."""
         out = []
         for name, dt, width in self._FILES:
+            if name not in fields:
+                continue
             fd = self._fds.get(name)
             if fd is None:
                 fd = self._fds[name] = os.open(self.root / f"{name}.bin", os.O_RDONLY)
@@ -88,7 +95,7 @@ class TokenStore:
             if a.size != n * width:
                 raise IndexError(f"{self.root / (name + '.bin')}: positions {start}..{start + n} past the end")
             out.append(a.reshape(n, width) if width > 1 else a)
-        return out[0], out[1], out[2]
+        return tuple(out)
 
     def __len__(self) -> int:
         return len(self._subjects)
@@ -98,7 +105,7 @@ class TokenStore:
 
     def sequence(self, i: int) -> np.ndarray:
         a, b = self._offsets[i], self._offsets[i + 1]
-        return self.read(a, b - a)[0].copy()
+        return self.read(a, b - a, ("tokens",))[0].copy()
 
 
 def make_windows(lengths: np.ndarray, context: int, stride_frac: float = 0.75) -> np.ndarray:
@@ -129,6 +136,7 @@ class Batch:
     mask: torch.Tensor     # (B, 1, R, R) bool
     targets: torch.Tensor  # (B, R) long, -100 = no loss
     n_tokens: int          # real (non-pad) input tokens
+    seen: SeenInput | None = None  # what the seen-codes memory needs (memory.py)
 
 
 def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: np.random.Generator | None = None,
@@ -146,6 +154,10 @@ def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: n
     sty = np.full((rows, R, 2), -1.0, np.float32)
     doc = np.zeros((rows, R), np.int64)
     tgt = np.full((rows, R), -100, np.int64)
+    first = np.zeros((rows, R), bool)
+    begin = np.zeros((rows, R), np.int64)
+    base_pos: list[np.ndarray] = []
+    base_tok: list[np.ndarray] = []
     offs = store.offsets
     r, fill, used, ndoc = 0, 0, 0, 0
     for i, s, lf in windows.tolist():
@@ -153,7 +165,7 @@ def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: n
         n = offs[i + 1] - start
         nb = min(n - PREFIX_LEN, W)
         pre, body = store.read(start, PREFIX_LEN), store.read(start + PREFIX_LEN + s, nb)
-        seq, hr, st = (np.concatenate([x, y]) for x, y in zip(pre, body))
+        seq, hr, st, fo = (np.concatenate([x, y]) for x, y in zip(pre, body))
         true_p = np.concatenate([np.arange(PREFIX_LEN), PREFIX_LEN + s + np.arange(nb)])
         u = int(rng.integers(0, jitter)) if jitter and rng is not None else 0
         p = np.concatenate([np.arange(PREFIX_LEN), PREFIX_LEN + s + u + np.arange(nb)])
@@ -171,6 +183,14 @@ def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: n
         hrs[r, sl] = hr[:-1]
         sty[r, sl] = st[:-1]
         doc[r, sl] = ndoc
+        first[r, sl] = fo[:-1] > 0
+        begin[r, sl] = fill
+        if s > 0 and L > PREFIX_LEN:
+            # codes first seen before this window: they enter the memory at its first timeline token
+            bt, bf = store.read(start + PREFIX_LEN, s, ("tokens", "first"))
+            seen_before = bt[bf > 0].astype(np.int64)
+            base_tok.append(seen_before)
+            base_pos.append(np.full(seen_before.size, r * R + fill + PREFIX_LEN, np.int64))
         t = seq[1:].astype(np.int64).copy()
         if s > 0 or lf > 0:
             body_idx = p[1:] - PREFIX_LEN - u      # body index of each target
@@ -182,8 +202,10 @@ def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: n
     ar = torch.arange(R)
     mask = (d[:, :, None] == d[:, None, :]) & (ar[None, None, :] <= ar[None, :, None])
     mask = (mask & (d[:, :, None] > 0)) | torch.eye(R, dtype=torch.bool)[None]
+    cat = lambda parts: torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.int64))  # noqa: E731
+    seen = SeenInput(torch.from_numpy(first), torch.from_numpy(begin), cat(base_pos), cat(base_tok))
     return Batch(torch.from_numpy(tok), torch.from_numpy(pos), torch.from_numpy(rpos), torch.from_numpy(hrs),
-                 torch.from_numpy(sty), mask[:, None], torch.from_numpy(tgt), int((doc > 0).sum())), used
+                 torch.from_numpy(sty), mask[:, None], torch.from_numpy(tgt), int((doc > 0).sum()), seen), used
 
 
 LOSS_CHUNK = 1024  # target positions per logits block: caps the (positions x vocabulary) buffers
@@ -197,7 +219,7 @@ def batch_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
     """Mean next-token NLL of the batch's targets.  The logits are computed LOSS_CHUNK positions at a
     time and recomputed in the backward pass (activation checkpointing), so at ~32,000 event types the
     largest buffer is one chunk's logits, not every position's (16 x 256 x 32k floats = 0.5 GB)."""
-    h, E = model.hidden(batch.tokens, batch.pos, batch.mask, batch.rec_pos, batch.hours, batch.stay)
+    h, E = model.hidden(batch.tokens, batch.pos, batch.mask, batch.rec_pos, batch.hours, batch.stay, batch.seen)
     sel = batch.targets >= 0
     hs, tg = h[sel], batch.targets[sel]
     n = int(tg.numel())

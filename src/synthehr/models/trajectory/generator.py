@@ -36,7 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "min_subjects": 2, "max_codes": None, "n_value_bins": 10,
     # network
     "d_model": 128, "n_layers": 4, "n_heads": 4, "context": 256, "dropout": 0.0, "hierarchy": True,
+    "kv_heads": None,     # key/value heads (None: one per query head); fewer shrink the sampler's KV cache
     "stay_clock": True,   # hours since the current ICU / hospital stay began as an input (clock.py)
+    "seen_memory": True,  # the codes the record has held so far as an input (memory.py)
     # training
     "epochs": 2.0, "batch_rows": 16, "lr": 2e-3, "max_steps": None, "max_seconds": None, "seed": 0,
     # sampling
@@ -44,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "threads": None,      # torch CPU threads (default: torch's own)
 }
 _INT_PARAMS = {"min_subjects", "max_codes", "n_value_bins", "d_model", "n_layers", "n_heads", "context", "batch_rows",
-               "max_steps", "seed", "max_len", "threads"}
+               "max_steps", "seed", "max_len", "threads", "kv_heads"}
 BIRTH_WINDOW = (np.datetime64("2050-01-01", "us"), np.datetime64("2150-01-01", "us"))
 
 
@@ -88,7 +90,7 @@ class TrajectoryGenerator:
         for k in _INT_PARAMS:
             if hp[k] is not None:
                 hp[k] = int(hp[k])
-        for k in ("hierarchy", "stay_clock"):
+        for k in ("hierarchy", "stay_clock", "seen_memory"):
             hp[k] = bool(hp[k]) if not isinstance(hp[k], str) else hp[k].lower() in ("1", "true", "yes")
         if hp["context"] <= PREFIX_LEN + 8:
             raise ConditioningError(f"context must exceed {PREFIX_LEN + 8} tokens, got {hp['context']}")
@@ -151,7 +153,8 @@ class TrajectoryGenerator:
         return TrajectoryTransformer(len(vocab), d_model=hp["d_model"], n_layers=hp["n_layers"], n_heads=hp["n_heads"],
                                      n_nodes=len(vocab.node_names) if use_h else 0,
                                      h_tok=vocab.h_tok if use_h else None, h_node=vocab.h_node if use_h else None,
-                                     dropout=hp["dropout"], stay_clock=hp["stay_clock"])
+                                     dropout=hp["dropout"], stay_clock=hp["stay_clock"],
+                                     seen_memory=hp["seen_memory"], kv_heads=hp["kv_heads"])
 
     def _threads(self) -> None:
         if self.hyperparameters.get("threads"):
@@ -381,8 +384,8 @@ class TrajectoryGenerator:
         if config["model_type"] != MODEL_TYPE:
             raise ModelFileError(f"{path}: holds a {config['model_type']!r} model, not {MODEL_TYPE!r}")
         try:
-            # models saved before the stay clock existed were built without it
-            gen = cls(**{"stay_clock": False, **config["hyperparameters"]})
+            # models saved before the stay clock or the seen-codes memory existed were built without them
+            gen = cls(**{"stay_clock": False, "seen_memory": False, **config["hyperparameters"]})
             vocab = Vocabulary.from_state({k: v for k, v in tensors.items() if k.startswith("vocab.")},
                                           config["state"]["vocab"])
         except (KeyError, TypeError, ConditioningError) as e:

@@ -9,7 +9,8 @@
   clock" embeddings added to every token — log2 of its position in the record and half-octaves of the
   hours since the first event — so the model knows how far into the record it is (which a window alone
   cannot tell) and can learn when records end; and smooth features of the hours since the current ICU
-  and hospital stay began (clock.py), so it knows how long the current stay has lasted.
+  and hospital stay began (clock.py), so it knows how long the current stay has lasted; and a memory
+  of the distinct codes the record has held so far (memory.py), which no window alone holds.
 * Windows are `prefix + a chunk of the timeline` in training; in sampling the KV cache pins the 5 demographic tokens and keeps a ring of timeline slots from which each token
   sees between half and all of a window's worth of recent tokens (see KVCache) — the span the training
   windows cover — so long records never outgrow the cache and never leave the trained range.
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthehr.models.trajectory.clock import N_STAY_FEATURES, stay_features
+from synthehr.models.trajectory.memory import SeenInput, window_memory
 
 N_POS_BUCKETS = 20    # log2 of the position in the record
 N_TIME_BUCKETS = 40   # half-octaves of the hours elapsed since the first event
@@ -56,11 +58,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Block(nn.Module):
-    def __init__(self, d: int, n_heads: int, dropout: float):
+    """Pre-norm transformer block.  With kv_heads < n_heads, groups of query heads share one key/value
+    head (grouped-query attention): the sampler's KV cache, whose reading bounds generation speed,
+    shrinks by n_heads / kv_heads."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float, kv_heads: int | None = None):
         super().__init__()
         self.n_heads = n_heads
+        self.kv_heads = kv_heads or n_heads
+        self.dh = d // n_heads
         self.ln1 = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.qkv = nn.Linear(d, d + 2 * self.kv_heads * self.dh, bias=False)
         self.proj = nn.Linear(d, d, bias=False)
         self.ln2 = nn.LayerNorm(d)
         self.fc1 = nn.Linear(d, 4 * d)
@@ -69,7 +77,10 @@ class Block(nn.Module):
 
     def _qkv(self, x, cos, sin):
         B, T, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        H, G, dh = self.n_heads, self.kv_heads, self.dh
+        qkv = self.qkv(self.ln1(x))
+        q = qkv[..., :d].view(B, T, H, dh).transpose(1, 2)
+        k, v = qkv[..., d:].view(B, T, 2, G, dh).permute(2, 0, 3, 1, 4)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def _rest(self, x, att):
@@ -79,26 +90,31 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, mask):
         q, k, v = self._qkv(x, cos, sin)
+        if self.kv_heads != self.n_heads:
+            r = self.n_heads // self.kv_heads
+            k, v = k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self._rest(x, att)
 
-    def step(self, x, cos, sin, cache_k, cache_v, slot, valid):
-        """x (B, 1, d); writes this token's key/value at `slot` (B,) then attends over valid slots."""
+    def step(self, x, cos, sin, cache_k, cache_v, slot, bias):
+        """x (B, 1, d); writes this token's key/value at `slot` (B,) then attends over the cache, with
+        `bias` (B, 1, 1, S) = 0 on visible slots and -inf elsewhere."""
         q, k, v = self._qkv(x, cos, sin)
-        rows = torch.arange(x.shape[0])
+        B, H, G = x.shape[0], self.n_heads, self.kv_heads
+        rows = torch.arange(B)
         cache_k[rows, :, slot] = k[:, :, 0]
         cache_v[rows, :, slot] = v[:, :, 0]
         # one query per row: plain matmuls beat scaled_dot_product_attention's masked CPU path ~2x here,
-        # and this step is bound by reading the cache
-        s = torch.matmul(q, cache_k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
-        s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+        # and this step is bound by reading the cache; the query heads of a group share one matmul
+        qg = q.reshape(B, G, H // G, self.dh)
+        s = torch.matmul(qg, cache_k.transpose(-1, -2)) * (self.dh ** -0.5) + bias
         att = torch.matmul(torch.softmax(s, dim=-1), cache_v)
-        return self._rest(x, att)
+        return self._rest(x, att.reshape(B, H, 1, self.dh))
 
 
 @dataclass
 class KVCache:
-    """Per layer keys/values (B, H, prefix + 2*half, dh): the demographic prefix pinned, then a ring of
+    """Per layer keys/values (B, kv_heads, prefix + 2*half, dh): the demographic prefix pinned, then a ring of
     2*half timeline slots.  The token at timeline index j attends to the prefix and to timeline indices
     [max(0, (j // half - 1) * half), j]: between half + 1 and 2*half tokens once past the start, the
     range the training windows cover (see data.make_windows), and never more than a window holds."""
@@ -130,10 +146,12 @@ class KVCache:
 class TrajectoryTransformer(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
                  n_nodes: int = 0, h_tok: np.ndarray | None = None, h_node: np.ndarray | None = None,
-                 dropout: float = 0.0, stay_clock: bool = True):
+                 dropout: float = 0.0, stay_clock: bool = True, seen_memory: bool = True, kv_heads: int | None = None):
         super().__init__()
         if d_model % n_heads or (d_model // n_heads) % 2:
             raise ValueError(f"d_model {d_model} must split into {n_heads} heads of even size")
+        if kv_heads is not None and (kv_heads < 1 or n_heads % kv_heads):
+            raise ValueError(f"kv_heads {kv_heads} must divide n_heads {n_heads}")
         self.vocab_size, self.d_model, self.n_heads = vocab_size, d_model, n_heads
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.n_nodes = int(n_nodes)
@@ -143,7 +161,8 @@ class TrajectoryTransformer(nn.Module):
             self.register_buffer("h_node", torch.as_tensor(h_node, dtype=torch.long), persistent=False)
         self.pos_emb = nn.Embedding(N_POS_BUCKETS, d_model)
         self.time_emb = nn.Embedding(N_TIME_BUCKETS, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.kv_heads = kv_heads or n_heads
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, dropout, kv_heads) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))
         self.rotary = Rotary(d_model // n_heads)
@@ -160,6 +179,10 @@ class TrajectoryTransformer(nn.Module):
         self.stay_proj = nn.Linear(N_STAY_FEATURES, d_model, bias=False) if stay_clock else None
         if self.stay_proj is not None:
             nn.init.normal_(self.stay_proj.weight, std=0.02)
+        # the codes the record has held so far (memory.py); made after the clock for the same reason
+        self.seen_proj = nn.Linear(d_model, d_model, bias=False) if seen_memory else None
+        if self.seen_proj is not None:
+            nn.init.normal_(self.seen_proj.weight, std=0.02)
         self._frozen_emb: torch.Tensor | None = None
 
     @staticmethod
@@ -195,10 +218,15 @@ class TrajectoryTransformer(nn.Module):
         return c
 
     def hidden(self, tokens: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, rec_pos: torch.Tensor | None = None,
-               hours: torch.Tensor | None = None, stay: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """pos: rotary positions; rec_pos: true positions in the record (default pos); hours, stay: clocks."""
+               hours: torch.Tensor | None = None, stay: torch.Tensor | None = None,
+               seen: SeenInput | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """pos: rotary positions; rec_pos: true positions in the record (default pos); hours, stay: clocks;
+        seen: what the seen-codes memory needs (memory.py)."""
         E = self.embedding_matrix()
-        x = self.drop(F.embedding(tokens, E) + self._clock(pos if rec_pos is None else rec_pos, hours, stay))
+        x = F.embedding(tokens, E) + self._clock(pos if rec_pos is None else rec_pos, hours, stay)
+        if seen is not None and self.seen_proj is not None:
+            x = x + self.seen_proj(window_memory(E, tokens, seen))
+        x = self.drop(x)
         cos, sin = self.rotary.cos_sin(pos)
         for b in self.blocks:
             x = b(x, cos, sin, mask)
@@ -207,14 +235,14 @@ class TrajectoryTransformer(nn.Module):
     def logits_of(self, h: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
         return h @ E.t() + self.out_bias
 
-    def forward(self, tokens, pos, mask, rec_pos=None, hours=None, stay=None):
-        h, E = self.hidden(tokens, pos, mask, rec_pos, hours, stay)
+    def forward(self, tokens, pos, mask, rec_pos=None, hours=None, stay=None, seen=None):
+        h, E = self.hidden(tokens, pos, mask, rec_pos, hours, stay, seen)
         return self.logits_of(h, E)
 
     # ------------------------------------------------------------ cached decoding
     def new_cache(self, batch: int, prefix: int, window: int) -> KVCache:
         """`window` = timeline tokens a training window holds (context - prefix)."""
-        H, dh = self.n_heads, self.d_model // self.n_heads
+        H, dh = self.kv_heads, self.d_model // self.n_heads
         half = max(1, (window - 1) // 2)
         S = prefix + 2 * half
         z = lambda: torch.zeros(batch, H, S, dh)  # noqa: E731
@@ -223,17 +251,20 @@ class TrajectoryTransformer(nn.Module):
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, hours: torch.Tensor | None = None,
-             stay: torch.Tensor | None = None) -> torch.Tensor:
-        """One token per row (B,) at record positions pos (B,), clocks `hours` (B,) and `stay` (B, 2) →
-        next-token logits (B, V)."""
+             stay: torch.Tensor | None = None, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """One token per row (B,) at record positions pos (B,), clocks `hours` (B,) and `stay` (B, 2), and
+        the seen-codes `memory` (B, d) (memory.RunningMemory.vector) → next-token logits (B, V)."""
         E = self.embedding_matrix()
-        x = (F.embedding(tokens, E) + self._clock(pos, hours, stay))[:, None, :]
+        x = F.embedding(tokens, E) + self._clock(pos, hours, stay)
+        if memory is not None and self.seen_proj is not None:
+            x = x + self.seen_proj(memory)
+        x = x[:, None, :]
         cos, sin = self.rotary.cos_sin(pos[:, None])
         slot = cache.slot(pos)
         rows = torch.arange(tokens.shape[0])
         cache.written[rows, slot] = True
         cache.body_idx[rows, slot] = torch.clamp(pos - cache.prefix, min=0)
-        valid = cache.visible(pos)
+        bias = torch.zeros(cache.written.shape).masked_fill_(~cache.visible(pos), float("-inf"))[:, None, None, :]
         for b, ck, cv in zip(self.blocks, cache.k, cache.v):
-            x = b.step(x, cos, sin, ck, cv, slot, valid)
+            x = b.step(x, cos, sin, ck, cv, slot, bias)
         return self.logits_of(self.ln_f(x[:, 0]), E)

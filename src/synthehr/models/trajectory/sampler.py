@@ -20,6 +20,7 @@ import torch
 from synthehr.errors import ConditioningError
 from synthehr.models.trajectory.clock import ClockRoles, RunningClock
 from synthehr.models.trajectory.grammar import Grammar
+from synthehr.models.trajectory.memory import RunningMemory
 from synthehr.models.trajectory.model import TrajectoryTransformer
 from synthehr.models.trajectory.tokenizer import PREFIX_LEN
 
@@ -119,7 +120,10 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
     rlen = np.zeros(B, np.int64)
     pos = torch.zeros(B, dtype=torch.long)
     feed = torch.zeros(B, dtype=torch.long)
-    clock = RunningClock(roles if roles is not None else ClockRoles.of(grammar.vocab), B)
+    roles = roles if roles is not None else ClockRoles.of(grammar.vocab)
+    clock = RunningClock(roles, B)
+    memory = RunningMemory(roles.code_like, B, model.d_model) if model.seen_proj is not None else None
+    E = model.embedding_matrix()
     active = np.zeros(B, bool)
     next_prompt = 0
 
@@ -135,6 +139,8 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         pos[r] = 0
         feed[r] = bos
         clock.reset_rows(r)
+        if memory is not None:
+            memory.reset_rows(r)
         cache.reset_rows(r)
         state.set_rows(r, grammar.initial(1))
         active[r] = True
@@ -152,6 +158,8 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             state = state.index(keep)
             pos, feed = pos[keep].clone(), feed[keep].clone()
             clock.keep_rows(keep)
+            if memory is not None:
+                memory.keep_rows(keep)
             kl = keep.tolist()
             row_prompt = [row_prompt[i] for i in kl]
             buf, rlen = buf[kl], rlen[kl]
@@ -159,7 +167,9 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             rows = torch.arange(len(kl))
         state = grammar.advance(state, feed)
         clock.advance(feed)
-        logits = model.step(feed, pos, cache, clock.hours, clock.stay())
+        if memory is not None:
+            memory.advance(feed, E)
+        logits = model.step(feed, pos, cache, clock.hours, clock.stay(), memory.vector() if memory is not None else None)
         stats.steps += 1
         nb = logits.shape[0]
         # which rows are forced by their prompt
