@@ -8,10 +8,10 @@ A patient becomes
 
 MEDS_BIRTH is implied by the age tokens; GENDER//x by SEX//x.  Time is encoded against a running clock
 that starts at birth + the encoded whole years of age: a new timestamp emits TIME//1y for each full
-year ahead of the clock and then up to three sub-year gap tokens, greedily the largest representative
+year ahead of the clock and then up to six sub-year gap tokens, greedily the largest representative
 not above what is left, and the clock advances by exactly what was emitted.  So decoded times never
-drift and never run ahead of the true ones; what is left (below 1 minute, or a few per cent of a long
-gap) is carried into the next timestamp's gap.
+drift and never run ahead of the true ones; what is left (below 1 minute, at most 3 minutes after a gap
+under a day and 2 hours after one over 30 days) is carried into the next timestamp's gap.
 
 Before encoding, records are put in canonical, structurally valid form (see `canonicalize`): the
 repairs are counted, so the share of real records that needed them can be reported.

@@ -3,7 +3,7 @@
 Token layout (ids in this order):
   specials    [PAD] [BOS] [EOS]
   prefix      SEX//F|M|UNK, AGE//<5-year bucket>|UNK, AGEYR//0..4 (year inside the bucket), RACE//<value>|OTHER|UNK
-  time        TIME//<gap> (log-spaced, 1 min .. 300 d; up to 3 per time step) and TIME//1y (repeatable)
+  time        TIME//<gap> (log-spaced, 1 min .. 300 d; up to 6 per time step) and TIME//1y (repeatable)
   values      VAL//0 .. VAL//<n_bins - 1>: the quantile bin of the numeric value of the code just before
   codes       every code seen in >= min_subjects training subjects, plus one `<prefix>//OTHER` per code
               prefix for the rarer ones (the first `//` field: DIAGNOSIS, LAB, MEDICATION, ...)
@@ -66,7 +66,12 @@ GAP_SECONDS = np.array([1 * _M, 2 * _M, 5 * _M, 10 * _M, 15 * _M, 20 * _M, 30 * 
                         1 * _D, 1.5 * _D, 2 * _D, 3 * _D, 4 * _D, 5 * _D, 7 * _D, 10 * _D, 14 * _D, 21 * _D,
                         30 * _D, 45 * _D, 60 * _D, 90 * _D, 120 * _D, 180 * _D, 240 * _D, 300 * _D])
 MIN_GAP_SECONDS = 30.0  # gaps below this are not encoded (same-time events)
-MAX_GAP_TOKENS = 3      # sub-year TIME tokens per time step (non-increasing)
+# Sub-year TIME tokens per time step (non-increasing).  Greedy tokens leave a remainder that is carried
+# into the next timestamp: with 3 it averaged 14 h (up to 4 days) over the fraction of a year from birth
+# to the first event, so real PhysioNet ICU stays began with a 12-18 h silence in token time and the
+# model learnt measurements running to hour 66; with 6, at most 2 h after gaps over 30 days (5 min on
+# average over a fractional year) and at most 3 min after gaps under a day.
+MAX_GAP_TOKENS = 6
 
 AGE_BUCKET_YEARS = 5
 AGE_BUCKETS = [f"{lo}-{lo + 4}" for lo in range(0, 90, 5)] + ["90+"]
