@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=1.0, help="trajectory models: sampling temperature")
     gen.add_argument("--top-p", type=float, default=1.0,
                      help="trajectory models: nucleus mass kept (1 = the full distribution, no truncation)")
+    gen.add_argument("--min-prob", type=float, default=0.0,
+                     help="trajectory models: drop tokens less likely than this at each step (epsilon sampling; "
+                          "0 = no truncation)")
     from synthehr.constraints.cli import add_generate_options
 
     add_generate_options(gen)

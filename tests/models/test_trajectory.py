@@ -302,12 +302,31 @@ def test_negative_control_hot_sampling_breaks_calibration(markov_model):
     assert np.abs(C / C.sum(1, keepdims=True) - P).max() > 0.2
 
 
+def test_min_prob_drops_the_unlikely_transitions_and_only_them(markov_model):
+    # P's 0.1 entries fall below min_prob 0.15, its 0.2+ entries stay above it (fitted to within ~0.04)
+    rare = P < 0.15
+    share = {}
+    for mp in (0.0, 0.15):
+        s = markov_model.sample(200, seed=1, batch_size=64, max_len=120, min_prob=mp)
+        C = transition_counts(s.filter(pl.col("code").str.contains(r"^MC//\d+$")), 4)
+        share[mp] = C[rare].sum() / C.sum()
+        kept = C / C.sum(1, keepdims=True)
+        if mp:
+            # what is left is P renormalised over its likely entries
+            expect = np.where(rare, 0.0, P) / np.where(rare, 0.0, P).sum(1, keepdims=True)
+            assert np.abs(kept - expect).max() < 0.1
+            assert markov_model.last_sample_stats_.as_dict()["min_prob_truncated_mass_mean"] > 0.01
+    assert share[0.0] > 0.1  # negative control: untruncated sampling does make the rare transitions
+    assert share[0.15] < 0.01
+
+
 def test_top_p_default_does_not_truncate(markov_model):
     import inspect
 
     for fn in (TrajectoryGenerator.sample, TrajectoryGenerator.condition, generate):
         params = inspect.signature(fn).parameters
         assert params["top_p"].default == 1.0 and params["temperature"].default == 1.0
+        assert params["min_prob"].default == 0.0
         assert "top_k" not in params
 
 

@@ -106,6 +106,7 @@ def run_dataset(args) -> list[Path]:
     syn_dir = work / "trajectory"  # the folder name is the model name in the audit results
     t1 = time.perf_counter()
     sinfo = gen.sample_to_meds(syn_dir, n_syn, seed=args.seed, batch_size=args.batch_size, max_len=args.max_len,
+                               temperature=args.temperature, min_prob=args.min_prob,
                                progress=lambda m: print(f"  {m}", flush=True))
     gen_s = time.perf_counter() - t1
     synth = _read_split(syn_dir, ["train"])
@@ -179,6 +180,8 @@ def run_dataset(args) -> list[Path]:
     add(R, "structural_validity", rv["valid"].mean(), "train")
     add(T, "mask_removed_mass_mean", sinfo["mask_removed_mass_mean"])
     add(T, "mask_removed_mass_max", sinfo["mask_removed_mass_max"])
+    add(T, "min_prob_truncated_mass_mean", sinfo["min_prob_truncated_mass_mean"], min_prob=args.min_prob,
+        temperature=args.temperature)
     add(T, "closed_by_length_cap_share", sinfo["closed_by_length_cap"] / n_syn)
     add(T, "patients_per_minute", sinfo["records_per_minute"])
     add(T, "generated_tokens_per_second", sinfo["sampled_tokens"] / max(sinfo["seconds"], 1e-9))
@@ -219,7 +222,10 @@ def run_dataset(args) -> list[Path]:
         f"real n={rtrtr['n_train']} ({rtrtr['pos_train']})",
         f"MIA: distance attack on per-patient profiles (top-100 codes, log events, age, sex), "
         f"{pv['mia']['n_members']} members vs as many held-out patients",
-        f"sampling: temperature 1, top_p 1 (no truncation), grammar mask on; "
+        f"sampling: temperature {args.temperature:g}, top_p 1, "
+        + (f"min_prob {args.min_prob:g} (dropped {100 * sinfo['min_prob_truncated_mass_mean']:.2f}% of the mass "
+           f"per sampled token on average)" if args.min_prob > 0 else "no truncation")
+        + f", grammar mask on; "
         f"mask removed {100 * sinfo['mask_removed_mass_mean']:.2f}% of the probability mass per sampled token "
         f"on average (max {100 * sinfo['mask_removed_mass_max']:.1f}%)",
         f"CPU threads: torch {gen.hyperparameters.get('threads') or 'default'}; shared machine, timings are indicative",
@@ -372,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-subjects", type=int, default=2)
     ap.add_argument("--max-len", type=int, help="token cap per generated record")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    ap.add_argument("--min-prob", type=float, default=0.0,
+                    help="epsilon sampling: drop tokens less likely than this at each step (0 = no truncation)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ablate-hierarchy", action="store_true",
                     help="also train without hierarchy tying (same budget) and report its NLL")

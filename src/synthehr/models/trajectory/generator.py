@@ -193,12 +193,13 @@ class TrajectoryGenerator:
     # ------------------------------------------------------------------ sampling
     def sample_tokens(self, prompts: list[np.ndarray], seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
                       batch_size: int = 64, max_len: int | None = None, use_mask: bool = True,
-                      on_record=None) -> list[np.ndarray] | None:
+                      on_record=None, min_prob: float = 0.0) -> list[np.ndarray] | None:
         self._check_fitted()
         self._threads()
         stats = SampleStats()
         out = generate(self.model_, self.grammar(max_len), prompts, context=self.hyperparameters["context"],
-                       temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, use_mask=use_mask,
+                       temperature=temperature, top_p=top_p, min_prob=min_prob, batch_size=batch_size, seed=seed,
+                       use_mask=use_mask,
                        on_record=on_record, stats=stats)
         self.last_sample_stats_ = stats
         return out
@@ -210,14 +211,15 @@ class TrajectoryGenerator:
         return rng.integers(lo, hi, size=n).astype(np.int64) * day  # midnight of a uniform day
 
     def sample(self, n: int, seed: int = 0, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64,
-               max_len: int | None = None, use_mask: bool = True, subject_id_start: int = 1) -> pl.DataFrame:
+               max_len: int | None = None, use_mask: bool = True, subject_id_start: int = 1,
+               min_prob: float = 0.0) -> pl.DataFrame:
         """n synthetic patients as MEDS events (subject_id, time, code, numeric_value, text_value, race).
 
         Birth dates are drawn uniformly in 2050–2150 (the model has no calendar; MIMIC dates are shifted
         anyway); every other time follows from the sampled age and time tokens."""
         n = _check_n(n)
         seqs = self.sample_tokens([np.array([self.vocab_.bos])] * n, seed, temperature, top_p, batch_size, max_len,
-                                  use_mask)
+                                  use_mask, min_prob=min_prob)
         return self.decode(seqs, np.arange(subject_id_start, subject_id_start + n), self._anchors(n, seed))
 
     def decode(self, seqs: list[np.ndarray], subject_ids, anchors_us) -> pl.DataFrame:
@@ -229,7 +231,8 @@ class TrajectoryGenerator:
 
     def sample_to_meds(self, out_dir: str | Path, n: int, seed: int = 0, shard_size: int = 10000,
                        temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, max_len: int | None = None,
-                       subject_id_start: int = 1, progress: Callable[[str], None] | None = None) -> dict:
+                       subject_id_start: int = 1, progress: Callable[[str], None] | None = None,
+                       min_prob: float = 0.0) -> dict:
         """Generate n patients straight to a MEDS folder (data/train/<k>.parquet of `shard_size` patients,
         metadata/codes.parquet, dataset.json, subject_splits.parquet); memory holds one shard at most."""
         n = _check_n(n)
@@ -271,7 +274,7 @@ class TrajectoryGenerator:
             flush()
 
         self.sample_tokens([np.array([self.vocab_.bos])] * n, seed, temperature, top_p, batch_size, max_len,
-                           on_record=on_record)
+                           on_record=on_record, min_prob=min_prob)
         flush()
         self.write_metadata(out_dir, sorted(codes_seen), n, subject_id_start)
         return {**written, "patients": n, **self.last_sample_stats_.as_dict()}
@@ -336,7 +339,8 @@ class TrajectoryGenerator:
         return enc.sequence(0).astype(np.int64), int(ids[0]), int(enc.anchor_us[0])
 
     def condition(self, prompt: Mapping[str, Any], n: int = 1, seed: int = 0, temperature: float = 1.0,
-                  top_p: float = 1.0, batch_size: int = 64, max_len: int | None = None) -> pl.DataFrame:
+                  top_p: float = 1.0, batch_size: int = 64, max_len: int | None = None,
+                  min_prob: float = 0.0) -> pl.DataFrame:
         """n records given a prompt: {"sex", "age", "race"} (any subset: demographic prompt), or
         {"history": events of one patient, "until": time} (continue that patient after `until`; the
         returned records hold the history as the tokenizer encodes it, then the generated future)."""
@@ -349,13 +353,13 @@ class TrajectoryGenerator:
                 raise ConditioningError(f"a history prompt takes 'history' and 'until' only, got {sorted(extra)}")
             p, sid, anchor = self.history_prompt(prompt["history"], prompt.get("until"))
             ml = max_len or max(self.info_.get("max_len", 0), p.size + 1024)
-            seqs = self.sample_tokens([p] * n, seed, temperature, top_p, batch_size, ml)
+            seqs = self.sample_tokens([p] * n, seed, temperature, top_p, batch_size, ml, min_prob=min_prob)
             return self.decode(seqs, np.arange(1, n + 1), np.full(n, anchor))
         extra = set(prompt) - {"sex", "age", "race"}
         if extra:
             raise ConditioningError(f"unknown prompt field(s) {sorted(extra)}; use sex, age, race or history, until")
         p = self.demographic_prompt(prompt.get("sex"), prompt.get("age"), prompt.get("race"))
-        seqs = self.sample_tokens([p] * n, seed, temperature, top_p, batch_size, max_len)
+        seqs = self.sample_tokens([p] * n, seed, temperature, top_p, batch_size, max_len, min_prob=min_prob)
         return self.decode(seqs, np.arange(1, n + 1), self._anchors(n, seed))
 
     # ------------------------------------------------------------------ persistence

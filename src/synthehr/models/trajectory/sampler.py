@@ -4,7 +4,8 @@ Every row of the batch is one record in progress.  Each step feeds one token per
 while the row's prompt lasts — prompt positions given as -1 are sampled —, else the token sampled at
 the previous step); a row whose record ends takes the next waiting prompt at once, so short records do
 not hold up long ones.  Sampling is plain ancestral sampling at `temperature`, with nucleus (top-p)
-truncation only when `top_p < 1`; there is no hidden top-k.  The grammar mask removes the tokens that
+truncation only when `top_p < 1` and epsilon truncation (tokens below `min_prob` dropped) only when
+`min_prob > 0`; there is no hidden top-k.  The grammar mask removes the tokens that
 would make the record invalid; the probability mass it removes is measured at every sampled step.
 """
 
@@ -34,6 +35,7 @@ class SampleStats:
     removed_mass_sum: float = 0.0
     removed_mass_max: float = 0.0
     masked_steps: int = 0          # sampled steps where the mask removed more than 1e-6
+    truncated_mass_sum: float = 0.0  # probability mass below min_prob that was dropped (0 unless min_prob > 0)
     closed_by_length_cap: int = 0  # records that reached the closing-only zone near max_len
     seconds: float = 0.0
     lengths: list = field(default_factory=list)
@@ -47,6 +49,7 @@ class SampleStats:
                 "steps": self.steps, "mask_removed_mass_mean": self.mean_removed_mass,
                 "mask_removed_mass_max": self.removed_mass_max,
                 "masked_step_share": self.masked_steps / self.sampled_tokens if self.sampled_tokens else 0.0,
+                "min_prob_truncated_mass_mean": self.truncated_mass_sum / self.sampled_tokens if self.sampled_tokens else 0.0,
                 "closed_by_length_cap": self.closed_by_length_cap, "seconds": self.seconds,
                 "records_per_minute": 60 * self.records / self.seconds if self.seconds else float("nan"),
                 "mean_tokens_per_record": float(np.mean(self.lengths)) if self.lengths else float("nan")}
@@ -84,10 +87,15 @@ def _sample_rows(weights: torch.Tensor, top_p: float, gen: torch.Generator) -> t
 
 @torch.no_grad()
 def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[np.ndarray], *, context: int,
-             temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, seed: int = 0,
+             temperature: float = 1.0, top_p: float = 1.0, min_prob: float = 0.0, batch_size: int = 64, seed: int = 0,
              use_mask: bool = True, on_record: Callable[[int, np.ndarray], None] | None = None,
              stats: SampleStats | None = None, roles: ClockRoles | None = None) -> list[np.ndarray] | None:
     """Complete every prompt (token ids; -1 = sample this position) into a record ending in [EOS].
+
+    `min_prob` > 0 drops every token whose probability (after temperature) is below it — epsilon
+    sampling (Hewitt et al. 2022): a model smooths a little mass onto every token, and over a record of
+    hundreds of steps that mass adds up to events no real record holds.  If it would drop every token the
+    grammar allows, the step samples from the allowed tokens untruncated.
 
     Returns the records in prompt order, or None when `on_record(index, tokens)` receives them as they
     finish (so a caller can stream them to disk).
@@ -96,6 +104,8 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         raise ConditioningError(f"temperature must be > 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise ConditioningError(f"top_p must be in (0, 1], got {top_p}")
+    if not 0 <= min_prob < 1:
+        raise ConditioningError(f"min_prob must be in [0, 1), got {min_prob}")
     stats = stats if stats is not None else SampleStats()
     model.eval()
     model.freeze_embeddings()
@@ -202,6 +212,14 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             else:
                 kept = probs
                 kept[:, grammar.vocab.pad] = 0.0
+            if min_prob > 0:
+                small = probs < min_prob
+                trunc = kept.masked_fill(small, 0.0)
+                empty = trunc.sum(-1) <= 0
+                if bool(empty.any()):  # nothing allowed is that likely: keep the step untruncated
+                    trunc[empty] = kept[empty]
+                stats.truncated_mass_sum += float((kept.sum(-1) - trunc.sum(-1)).sum())
+                kept = trunc
             nxt[ts] = _sample_rows(kept, top_p, gen)
             stats.sampled_tokens += int(samp.size)
         if use_mask:
