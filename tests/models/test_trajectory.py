@@ -320,6 +320,19 @@ def test_min_prob_drops_the_unlikely_transitions_and_only_them(markov_model):
     assert share[0.15] < 0.01
 
 
+def test_sampling_in_worker_processes_is_calibrated_and_independent_of_the_worker_count(markov_model):
+    a = markov_model.sample(300, seed=4, batch_size=32, workers=2)
+    st = markov_model.last_sample_stats_.as_dict()
+    assert st["records"] == 300 and st["seconds"] > 0
+    b = markov_model.sample(300, seed=4, batch_size=32, workers=3)
+    assert a.equals(b)  # tasks carry their own seeds: the worker count does not change the records
+    assert a["subject_id"].n_unique() == 300
+    C = transition_counts(a.filter(pl.col("code").str.contains(r"^MC//\d+$")), 4)
+    assert np.abs(C / C.sum(1, keepdims=True) - P).max() < 0.1
+    with pytest.raises(ConditioningError, match="workers"):
+        markov_model.sample(5, workers=0)
+
+
 def test_top_p_default_does_not_truncate(markov_model):
     import inspect
 

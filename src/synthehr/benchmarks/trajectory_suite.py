@@ -106,7 +106,7 @@ def run_dataset(args) -> list[Path]:
     syn_dir = work / "trajectory"  # the folder name is the model name in the audit results
     t1 = time.perf_counter()
     sinfo = gen.sample_to_meds(syn_dir, n_syn, seed=args.seed, batch_size=args.batch_size, max_len=args.max_len,
-                               temperature=args.temperature, min_prob=args.min_prob,
+                               temperature=args.temperature, min_prob=args.min_prob, workers=args.sample_workers,
                                progress=lambda m: print(f"  {m}", flush=True))
     gen_s = time.perf_counter() - t1
     synth = _read_split(syn_dir, ["train"])
@@ -183,8 +183,9 @@ def run_dataset(args) -> list[Path]:
     add(T, "min_prob_truncated_mass_mean", sinfo["min_prob_truncated_mass_mean"], min_prob=args.min_prob,
         temperature=args.temperature)
     add(T, "closed_by_length_cap_share", sinfo["closed_by_length_cap"] / n_syn)
-    add(T, "patients_per_minute", sinfo["records_per_minute"])
-    add(T, "generated_tokens_per_second", sinfo["sampled_tokens"] / max(sinfo["seconds"], 1e-9))
+    add(T, "patients_per_minute", sinfo["records_per_minute"], workers=args.sample_workers)
+    add(T, "generated_tokens_per_second", sinfo["sampled_tokens"] / max(sinfo["seconds"], 1e-9),
+        workers=args.sample_workers)
     add(T, "train_tokens_per_second", info["train"]["tokens_per_second"])
     add(T, "train_steps", info["train"]["steps"])
     add(T, "nll", info["train"]["final_train_nll"], "train")
@@ -228,7 +229,8 @@ def run_dataset(args) -> list[Path]:
         + f", grammar mask on; "
         f"mask removed {100 * sinfo['mask_removed_mass_mean']:.2f}% of the probability mass per sampled token "
         f"on average (max {100 * sinfo['mask_removed_mass_max']:.1f}%)",
-        f"CPU threads: torch {gen.hyperparameters.get('threads') or 'default'}; shared machine, timings are indicative",
+        f"CPU threads: torch {gen.hyperparameters.get('threads') or 'default'}; sampling in {args.sample_workers} "
+        f"process(es); shared machine, timings are indicative",
     ]
     out = write_results(SUITE, dataset, rows, args.out, notes=notes)
     (work / "fit_info.json").write_text(json.dumps(info, indent=2, default=str))
@@ -379,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-subjects", type=int, default=2)
     ap.add_argument("--max-len", type=int, help="token cap per generated record")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    ap.add_argument("--sample-workers", type=int, default=1,
+                    help="processes (one thread each) that sample the synthetic patients")
     ap.add_argument("--min-prob", type=float, default=0.0,
                     help="epsilon sampling: drop tokens less likely than this at each step (0 = no truncation)")
     ap.add_argument("--threads", type=int, default=1)

@@ -115,10 +115,12 @@ def generate_command(args: argparse.Namespace) -> int:
     temperature = float(getattr(args, "temperature", 1.0) or 1.0)
     top_p = float(getattr(args, "top_p", 1.0) or 1.0)
     min_prob = float(getattr(args, "min_prob", 0.0) or 0.0)
+    workers = int(getattr(args, "workers", 1))
     out = Path(args.out)
     t0 = time.perf_counter()
     if not prompt:
-        info = gen.sample_to_meds(out, n, seed=seed, temperature=temperature, top_p=top_p, min_prob=min_prob)
+        info = gen.sample_to_meds(out, n, seed=seed, temperature=temperature, top_p=top_p, min_prob=min_prob,
+                                  workers=workers)
         events = info["events"]
     else:
         if "history" in prompt:
@@ -128,7 +130,8 @@ def generate_command(args: argparse.Namespace) -> int:
             if extra:
                 raise ConditioningError(f"{sorted(extra)} only go with history=")
             cond = dict(prompt)
-        ev = gen.condition(cond, n=n, seed=seed, temperature=temperature, top_p=top_p, min_prob=min_prob)
+        ev = gen.condition(cond, n=n, seed=seed, temperature=temperature, top_p=top_p, min_prob=min_prob,
+                            workers=workers)
         (out / "data" / "train").mkdir(parents=True, exist_ok=True)
         ev.write_parquet(out / "data" / "train" / "0.parquet")
         gen.write_metadata(out, sorted(ev["code"].unique().to_list()), n)

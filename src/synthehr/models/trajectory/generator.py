@@ -193,14 +193,29 @@ class TrajectoryGenerator:
     # ------------------------------------------------------------------ sampling
     def sample_tokens(self, prompts: list[np.ndarray], seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
                       batch_size: int = 64, max_len: int | None = None, use_mask: bool = True,
-                      on_record=None, min_prob: float = 0.0) -> list[np.ndarray] | None:
+                      on_record=None, min_prob: float = 0.0, workers: int = 1) -> list[np.ndarray] | None:
+        """Complete token prompts (sampler.generate).  workers > 1 samples in that many processes of one
+        thread each (parallel.py) once there is more than one task of 2 x batch_size prompts; each task has its
+        own seed, so the records are the same for any number of workers > 1 (and differ from workers = 1)."""
         self._check_fitted()
-        self._threads()
+        if int(workers) < 1:
+            raise ConditioningError(f"workers must be >= 1, got {workers}")
         stats = SampleStats()
+        task_size = 2 * max(1, int(batch_size))
+        if int(workers) > 1 and len(prompts) > task_size:
+            from synthehr.models.trajectory.parallel import sample_in_processes
+
+            results: list = [None] * len(prompts)
+            sink = on_record if on_record is not None else results.__setitem__
+            sample_in_processes(self, prompts, workers=int(workers), seed=seed, task_size=task_size, on_record=sink,
+                                stats=stats, temperature=temperature, top_p=top_p, batch_size=batch_size,
+                                max_len=max_len, use_mask=use_mask, min_prob=min_prob)
+            self.last_sample_stats_ = stats
+            return results if on_record is None else None
+        self._threads()
         out = generate(self.model_, self.grammar(max_len), prompts, context=self.hyperparameters["context"],
                        temperature=temperature, top_p=top_p, min_prob=min_prob, batch_size=batch_size, seed=seed,
-                       use_mask=use_mask,
-                       on_record=on_record, stats=stats)
+                       use_mask=use_mask, on_record=on_record, stats=stats)
         self.last_sample_stats_ = stats
         return out
 
@@ -212,14 +227,14 @@ class TrajectoryGenerator:
 
     def sample(self, n: int, seed: int = 0, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64,
                max_len: int | None = None, use_mask: bool = True, subject_id_start: int = 1,
-               min_prob: float = 0.0) -> pl.DataFrame:
+               min_prob: float = 0.0, workers: int = 1) -> pl.DataFrame:
         """n synthetic patients as MEDS events (subject_id, time, code, numeric_value, text_value, race).
 
         Birth dates are drawn uniformly in 2050–2150 (the model has no calendar; MIMIC dates are shifted
         anyway); every other time follows from the sampled age and time tokens."""
         n = _check_n(n)
         seqs = self.sample_tokens([np.array([self.vocab_.bos])] * n, seed, temperature, top_p, batch_size, max_len,
-                                  use_mask, min_prob=min_prob)
+                                  use_mask, min_prob=min_prob, workers=workers)
         return self.decode(seqs, np.arange(subject_id_start, subject_id_start + n), self._anchors(n, seed))
 
     def decode(self, seqs: list[np.ndarray], subject_ids, anchors_us) -> pl.DataFrame:
@@ -232,7 +247,7 @@ class TrajectoryGenerator:
     def sample_to_meds(self, out_dir: str | Path, n: int, seed: int = 0, shard_size: int = 10000,
                        temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, max_len: int | None = None,
                        subject_id_start: int = 1, progress: Callable[[str], None] | None = None,
-                       min_prob: float = 0.0) -> dict:
+                       min_prob: float = 0.0, workers: int = 1) -> dict:
         """Generate n patients straight to a MEDS folder (data/train/<k>.parquet of `shard_size` patients,
         metadata/codes.parquet, dataset.json, subject_splits.parquet); memory holds one shard at most."""
         n = _check_n(n)
@@ -274,7 +289,7 @@ class TrajectoryGenerator:
             flush()
 
         self.sample_tokens([np.array([self.vocab_.bos])] * n, seed, temperature, top_p, batch_size, max_len,
-                           on_record=on_record, min_prob=min_prob)
+                           on_record=on_record, min_prob=min_prob, workers=workers)
         flush()
         self.write_metadata(out_dir, sorted(codes_seen), n, subject_id_start)
         return {**written, "patients": n, **self.last_sample_stats_.as_dict()}
@@ -340,7 +355,7 @@ class TrajectoryGenerator:
 
     def condition(self, prompt: Mapping[str, Any], n: int = 1, seed: int = 0, temperature: float = 1.0,
                   top_p: float = 1.0, batch_size: int = 64, max_len: int | None = None,
-                  min_prob: float = 0.0) -> pl.DataFrame:
+                  min_prob: float = 0.0, workers: int = 1) -> pl.DataFrame:
         """n records given a prompt: {"sex", "age", "race"} (any subset: demographic prompt), or
         {"history": events of one patient, "until": time} (continue that patient after `until`; the
         returned records hold the history as the tokenizer encodes it, then the generated future)."""
@@ -353,13 +368,15 @@ class TrajectoryGenerator:
                 raise ConditioningError(f"a history prompt takes 'history' and 'until' only, got {sorted(extra)}")
             p, sid, anchor = self.history_prompt(prompt["history"], prompt.get("until"))
             ml = max_len or max(self.info_.get("max_len", 0), p.size + 1024)
-            seqs = self.sample_tokens([p] * n, seed, temperature, top_p, batch_size, ml, min_prob=min_prob)
+            seqs = self.sample_tokens([p] * n, seed, temperature, top_p, batch_size, ml, min_prob=min_prob,
+                                      workers=workers)
             return self.decode(seqs, np.arange(1, n + 1), np.full(n, anchor))
         extra = set(prompt) - {"sex", "age", "race"}
         if extra:
             raise ConditioningError(f"unknown prompt field(s) {sorted(extra)}; use sex, age, race or history, until")
         p = self.demographic_prompt(prompt.get("sex"), prompt.get("age"), prompt.get("race"))
-        seqs = self.sample_tokens([p] * n, seed, temperature, top_p, batch_size, max_len, min_prob=min_prob)
+        seqs = self.sample_tokens([p] * n, seed, temperature, top_p, batch_size, max_len, min_prob=min_prob,
+                                  workers=workers)
         return self.decode(seqs, np.arange(1, n + 1), self._anchors(n, seed))
 
     # ------------------------------------------------------------------ persistence

@@ -1,0 +1,74 @@
+"""Sampling in several processes, one CPU thread each.
+
+A sampling step is bound by reading the KV cache (one small matmul per row, head and layer), which one
+core does at its own memory bandwidth; torch's intra-op threads barely help on such small matmuls, but
+separate processes each stream their own cache.  The prompts are cut into tasks of `task_size`
+consecutive prompts, each sampled with its own seed (derived from the run's seed and the task's index),
+so the records are the same for any number of workers > 1.  Workers load the model from a saved folder
+(safetensors + JSON, the same verified loader as `TrajectoryGenerator.load`), and send back token arrays
+only; the caller receives the records in prompt order, one task at a time, so a stream to disk keeps
+its bounded memory.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Sequence
+
+import numpy as np
+
+from synthehr.models.trajectory.sampler import SampleStats
+
+_WORKER_GEN = None  # the model each worker process loads once
+
+
+def task_seed(seed: int, task: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(task)]).generate_state(1)[0])
+
+
+def _init_worker(model_dir: str) -> None:
+    import torch
+
+    from synthehr.models.trajectory.generator import TrajectoryGenerator
+
+    global _WORKER_GEN
+    torch.set_num_threads(1)
+    _WORKER_GEN = TrajectoryGenerator.load(model_dir)
+    _WORKER_GEN.hyperparameters["threads"] = 1
+
+
+def _run_task(job: tuple) -> tuple[int, list[np.ndarray], dict]:
+    task, prompts, seed, kwargs = job
+    gen = _WORKER_GEN
+    out = gen.sample_tokens(list(prompts), seed=seed, workers=1, **kwargs)
+    s = gen.last_sample_stats_
+    return task, out, {k: getattr(s, k) for k in SampleStats.__dataclass_fields__}
+
+
+def sample_in_processes(gen, prompts: Sequence[np.ndarray], *, workers: int, seed: int, task_size: int,
+                        on_record: Callable[[int, np.ndarray], None], stats: SampleStats, **kwargs) -> None:
+    """Sample every prompt with `gen` in `workers` processes; `on_record(index, tokens)` gets each record,
+    in prompt order.  `stats` receives the summed counts and the wall time of the whole run."""
+    n = len(prompts)
+    starts = list(range(0, n, task_size))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="synthehr-traj-workers-") as tmp:
+        gen.save(tmp)
+        jobs = ((t, prompts[a:a + task_size], task_seed(seed, t), kwargs) for t, a in enumerate(starts))
+        ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
+        with ProcessPoolExecutor(max_workers=min(workers, len(starts)), mp_context=ctx,
+                                 initializer=_init_worker, initargs=(tmp,)) as pool:
+            for task, records, s in pool.map(_run_task, jobs):
+                for j, seq in enumerate(records):
+                    on_record(starts[task] + j, seq)
+                for k, v in s.items():
+                    if k == "removed_mass_max":
+                        stats.removed_mass_max = max(stats.removed_mass_max, v)
+                    elif k == "lengths":
+                        stats.lengths.extend(v)
+                    elif k != "seconds":
+                        setattr(stats, k, getattr(stats, k) + v)
+    stats.seconds += time.perf_counter() - t0
