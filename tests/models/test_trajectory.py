@@ -391,12 +391,17 @@ def test_prompts_demographic_and_history(markov_model):
         markov_model.condition({"race": "MARTIAN"})
 
 
-@pytest.mark.parametrize("kv_heads", [None, 1])
-def test_kv_cache_steps_match_the_full_forward(kv_heads):
+@pytest.mark.parametrize("kv_heads,seen_embedding", [(None, "tied"), (1, "tied"), (None, "own")])
+def test_kv_cache_steps_match_the_full_forward(kv_heads, seen_embedding):
     """Cached one-token steps (ring cache, running clocks and seen-codes memory) give the full forward's
-    logits under the windowed mask, with one key/value head per query head or one shared by all."""
+    logits under the windowed mask, with one key/value head per query head or one shared by all, and with
+    the memory summing the tied embeddings or a table of its own."""
     torch.manual_seed(0)
-    m = TrajectoryTransformer(50, d_model=32, n_layers=2, n_heads=2, kv_heads=kv_heads).eval()
+    m = TrajectoryTransformer(50, d_model=32, n_layers=2, n_heads=2, kv_heads=kv_heads,
+                              seen_embedding=seen_embedding).eval()
+    if seen_embedding == "own":  # make the two tables differ, so the test would see the wrong one used
+        with torch.no_grad():
+            m.seen_emb.weight.normal_(0, 1.0)
     assert m.new_cache(1, 5, 15).k[0].shape[1] == (kv_heads or 2)
     T, prefix, window = 60, 5, 15
     seq = torch.randint(3, 50, (2, T))
@@ -405,7 +410,7 @@ def test_kv_cache_steps_match_the_full_forward(kv_heads):
     stay = torch.where(torch.rand(2, T, 2) < 0.3, torch.full((2, T, 2), -1.0), torch.rand(2, T, 2) * 100)
     code_like = np.arange(50) >= 20
     memory = RunningMemory(code_like, 2, 32)
-    E = m.embedding_matrix().detach()
+    E = m.memory_matrix(m.embedding_matrix()).detach()
     steps = []
     for t in range(T):
         memory.advance(seq[:, t], E)

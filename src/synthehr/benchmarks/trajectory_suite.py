@@ -74,7 +74,7 @@ def run_dataset(args) -> list[Path]:
     work.mkdir(parents=True, exist_ok=True)
     root, dataset = _meds_root(args, work)
     hp = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "kv_heads": args.kv_heads,
-          "seen_memory": args.seen_memory, "context": args.context,
+          "seen_memory": args.seen_memory, "seen_embedding": args.seen_embedding, "context": args.context,
           "epochs": args.epochs, "max_seconds": args.max_seconds, "batch_rows": args.batch_rows, "lr": args.lr,
           "min_subjects": args.min_subjects, "threads": args.threads, "seed": args.seed, "max_len": args.max_len}
     t0 = time.perf_counter()
@@ -372,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-heads", type=int, help="key/value heads shared by the query heads (default: one each)")
     ap.add_argument("--no-seen-memory", dest="seen_memory", action="store_false",
                     help="train without the seen-codes memory (an ablation)")
+    ap.add_argument("--seen-embedding", choices=["tied", "own"], default="tied",
+                    help="the seen-codes memory's code vectors: the tied token embeddings or a table of its own")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--max-seconds", type=float, help="training time budget")

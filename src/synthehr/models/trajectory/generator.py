@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "kv_heads": None,     # key/value heads (None: one per query head); fewer shrink the sampler's KV cache
     "stay_clock": True,   # hours since the current ICU / hospital stay began as an input (clock.py)
     "seen_memory": True,  # the codes the record has held so far as an input (memory.py)
+    "seen_embedding": "tied",  # the memory's code vectors: "tied" (the token embeddings) or "own" (a table of its own)
     # training
     "epochs": 2.0, "batch_rows": 16, "lr": 2e-3, "max_steps": None, "max_seconds": None, "seed": 0,
     # sampling
@@ -92,6 +93,8 @@ class TrajectoryGenerator:
                 hp[k] = int(hp[k])
         for k in ("hierarchy", "stay_clock", "seen_memory"):
             hp[k] = bool(hp[k]) if not isinstance(hp[k], str) else hp[k].lower() in ("1", "true", "yes")
+        if hp["seen_embedding"] not in ("tied", "own"):
+            raise ConditioningError(f"seen_embedding must be 'tied' or 'own', got {hp['seen_embedding']!r}")
         if hp["context"] <= PREFIX_LEN + 8:
             raise ConditioningError(f"context must exceed {PREFIX_LEN + 8} tokens, got {hp['context']}")
         self.hyperparameters = hp
@@ -154,7 +157,8 @@ class TrajectoryGenerator:
                                      n_nodes=len(vocab.node_names) if use_h else 0,
                                      h_tok=vocab.h_tok if use_h else None, h_node=vocab.h_node if use_h else None,
                                      dropout=hp["dropout"], stay_clock=hp["stay_clock"],
-                                     seen_memory=hp["seen_memory"], kv_heads=hp["kv_heads"])
+                                     seen_memory=hp["seen_memory"], kv_heads=hp["kv_heads"],
+                                     seen_embedding=hp["seen_embedding"])
 
     def _threads(self) -> None:
         if self.hyperparameters.get("threads"):

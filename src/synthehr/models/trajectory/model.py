@@ -148,7 +148,8 @@ class KVCache:
 class TrajectoryTransformer(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
                  n_nodes: int = 0, h_tok: np.ndarray | None = None, h_node: np.ndarray | None = None,
-                 dropout: float = 0.0, stay_clock: bool = True, seen_memory: bool = True, kv_heads: int | None = None):
+                 dropout: float = 0.0, stay_clock: bool = True, seen_memory: bool = True, kv_heads: int | None = None,
+                 seen_embedding: str = "tied"):
         super().__init__()
         if d_model % n_heads or (d_model // n_heads) % 2:
             raise ValueError(f"d_model {d_model} must split into {n_heads} heads of even size")
@@ -185,6 +186,11 @@ class TrajectoryTransformer(nn.Module):
         self.seen_proj = nn.Linear(d_model, d_model, bias=False) if seen_memory else None
         if self.seen_proj is not None:
             nn.init.normal_(self.seen_proj.weight, std=0.02)
+        # "own": the memory sums vectors of a table of its own rather than the tied token embeddings, which
+        # are shaped for predicting the next token, not for telling which codes a record has held
+        self.seen_emb = nn.Embedding(vocab_size, d_model) if seen_memory and seen_embedding == "own" else None
+        if self.seen_emb is not None:
+            nn.init.normal_(self.seen_emb.weight, std=0.02)
         self._frozen_emb: torch.Tensor | None = None
 
     @staticmethod
@@ -208,6 +214,10 @@ class TrajectoryTransformer(nn.Module):
             self._frozen_emb = None
             self._frozen_emb = self.embedding_matrix().detach().clone()
 
+    def memory_matrix(self, E: torch.Tensor) -> torch.Tensor:
+        """The code vectors the seen-codes memory sums: its own table, or the tied embeddings E."""
+        return self.seen_emb.weight if self.seen_emb is not None else E
+
     def unfreeze_embeddings(self) -> None:
         self._frozen_emb = None
 
@@ -227,7 +237,7 @@ class TrajectoryTransformer(nn.Module):
         E = self.embedding_matrix()
         x = F.embedding(tokens, E) + self._clock(pos if rec_pos is None else rec_pos, hours, stay)
         if seen is not None and self.seen_proj is not None:
-            x = x + self.seen_proj(window_memory(E, tokens, seen))
+            x = x + self.seen_proj(window_memory(self.memory_matrix(E), tokens, seen))
         x = self.drop(x)
         cos, sin = self.rotary.cos_sin(pos)
         for b in self.blocks:

@@ -134,6 +134,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
     clock = RunningClock(roles, B)
     memory = RunningMemory(roles.code_like, B, model.d_model) if model.seen_proj is not None else None
     E = model.embedding_matrix()
+    E_mem = model.memory_matrix(E)
     active = np.zeros(B, bool)
     next_prompt = 0
 
@@ -178,7 +179,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         state = grammar.advance(state, feed)
         clock.advance(feed)
         if memory is not None:
-            memory.advance(feed, E)
+            memory.advance(feed, E_mem)
         logits = model.step(feed, pos, cache, clock.hours, clock.stay(), memory.vector() if memory is not None else None)
         stats.steps += 1
         nb = logits.shape[0]
