@@ -391,14 +391,18 @@ def test_prompts_demographic_and_history(markov_model):
         markov_model.condition({"race": "MARTIAN"})
 
 
-@pytest.mark.parametrize("kv_heads,seen_embedding", [(None, "tied"), (1, "tied"), (None, "own")])
-def test_kv_cache_steps_match_the_full_forward(kv_heads, seen_embedding):
+@pytest.mark.parametrize("kv_heads,seen_embedding,seen_bias",
+                         [(None, "tied", False), (1, "tied", False), (None, "own", False), (None, "tied", True)])
+def test_kv_cache_steps_match_the_full_forward(kv_heads, seen_embedding, seen_bias):
     """Cached one-token steps (ring cache, running clocks and seen-codes memory) give the full forward's
     logits under the windowed mask, with one key/value head per query head or one shared by all, and with
     the memory summing the tied embeddings or a table of its own."""
     torch.manual_seed(0)
     m = TrajectoryTransformer(50, d_model=32, n_layers=2, n_heads=2, kv_heads=kv_heads,
-                              seen_embedding=seen_embedding).eval()
+                              seen_embedding=seen_embedding, seen_bias=seen_bias).eval()
+    if seen_bias:
+        with torch.no_grad():
+            m.seen_bias.normal_(0, 1.0)
     if seen_embedding == "own":  # make the two tables differ, so the test would see the wrong one used
         with torch.no_grad():
             m.seen_emb.weight.normal_(0, 1.0)
@@ -414,7 +418,8 @@ def test_kv_cache_steps_match_the_full_forward(kv_heads, seen_embedding):
     steps = []
     for t in range(T):
         memory.advance(seq[:, t], E)
-        steps.append(m.step(seq[:, t], torch.full((2,), t), cache, hours[:, t], stay[:, t], memory.vector()))
+        steps.append(m.step(seq[:, t], torch.full((2,), t), cache, hours[:, t], stay[:, t], memory.vector(),
+                            memory.seen))
     steps = torch.stack(steps, 1)
     first = torch.stack([torch.from_numpy(first_occurrences(r.numpy(), np.array([0, T]), code_like) > 0) for r in seq])
     seen = SeenInput(first, torch.zeros(2, T, dtype=torch.long), torch.zeros(0, dtype=torch.long),
@@ -465,7 +470,8 @@ def test_cli_train_generate_validate(tmp_path, capsys):
     (root / "data" / "train").mkdir(parents=True)
     markov_events(60, P, np.full(4, 0.25), 0.1, seed=1).write_parquet(root / "data" / "train" / "0.parquet")
     args = argparse.Namespace(model="trajectory", data=str(root), out=str(tmp_path / "model"), split="train",
-                              param=["d_model=16", "n_layers=1", "n_heads=2", "context=32", "epochs=1", "max_len=120"])
+                              param=["d_model=16", "n_layers=1", "n_heads=2", "context=32", "epochs=1", "max_len=120",
+                                     "seen_bias=1", "seen_embedding=own"])
     assert cli.train_command(args) == 0 and cli.is_trajectory_model(tmp_path / "model")
     assert not cli.is_trajectory_model(root)
     for out, prompt in (("u", None), ("d", ["sex=F", "age=41"]),
@@ -564,4 +570,19 @@ def test_chunked_checkpointed_loss_equals_the_whole_loss(demo_events, demo_vocab
     assert n > 37 * 3
     assert abs(losses[0] - losses[1]) < 1e-5
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    # with the seen bias the chunked loss (the batch's codes only) equals the dense full forward's
+    torch.manual_seed(0)
+    m = TrajectoryTransformer(len(demo_vocab), d_model=32, n_layers=1, n_heads=2, seen_bias=True)
+    with torch.no_grad():
+        m.seen_bias.normal_(0, 2.0)
+    monkeypatch.setattr(D, "LOSS_CHUNK", 37)
+    loss, n = D.batch_loss(m, batch)
+    with torch.no_grad():
+        full = m(batch.tokens, batch.pos, batch.mask, batch.rec_pos, batch.hours, batch.stay, batch.seen)
+    sel = batch.targets >= 0
+    want = torch.nn.functional.cross_entropy(full[sel], batch.targets[sel])
+    assert abs(float(loss.detach()) - float(want)) < 1e-5
+    plain = TrajectoryTransformer(len(demo_vocab), d_model=32, n_layers=1, n_heads=2)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if k != "seen_bias"})
+    assert abs(float(D.batch_loss(plain, batch)[0].detach()) - float(loss.detach())) > 1e-3  # the bias does enter the loss
     store.close()

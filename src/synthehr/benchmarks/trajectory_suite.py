@@ -74,7 +74,8 @@ def run_dataset(args) -> list[Path]:
     work.mkdir(parents=True, exist_ok=True)
     root, dataset = _meds_root(args, work)
     hp = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "kv_heads": args.kv_heads,
-          "seen_memory": args.seen_memory, "seen_embedding": args.seen_embedding, "context": args.context,
+          "seen_memory": args.seen_memory, "seen_embedding": args.seen_embedding,
+          "seen_bias": args.seen_bias, "context": args.context,
           "epochs": args.epochs, "max_seconds": args.max_seconds, "batch_rows": args.batch_rows, "lr": args.lr,
           "min_subjects": args.min_subjects, "threads": args.threads, "seed": args.seed, "max_len": args.max_len}
     t0 = time.perf_counter()
@@ -374,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="train without the seen-codes memory (an ablation)")
     ap.add_argument("--seen-embedding", choices=["tied", "own"], default="tied",
                     help="the seen-codes memory's code vectors: the tied token embeddings or a table of its own")
+    ap.add_argument("--seen-bias", action="store_true",
+                    help="a learned logit offset per code once the record has held that code")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--max-seconds", type=float, help="training time budget")

@@ -39,6 +39,9 @@ def _meds_root(data: str) -> Path:
     raise DataError("not a MEDS folder (no data/) nor a prepared folder (no events/data/)", file=str(p))
 
 
+_STR_HP = {"seen_embedding"}  # hyper-parameters that take a word, not a number
+
+
 def _hyperparameters(items) -> dict:
     out = {}
     for item in items or []:
@@ -50,6 +53,8 @@ def _hyperparameters(items) -> dict:
             out[name] = None
         elif value.lower() in ("true", "false"):
             out[name] = value.lower() == "true"
+        elif name in _STR_HP:
+            out[name] = value
         else:
             try:
                 out[name] = int(float(value)) if name in _INT_HP else float(value)

@@ -211,8 +211,12 @@ def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: n
 LOSS_CHUNK = 1024  # target positions per logits block: caps the (positions x vocabulary) buffers
 
 
-def _chunk_nll(model, h: torch.Tensor, E: torch.Tensor, tg: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model.logits_of(h, E), tg, reduction="sum")
+def _chunk_nll(model, h: torch.Tensor, E: torch.Tensor, tg: torch.Tensor, codes: torch.Tensor | None = None,
+               flags: torch.Tensor | None = None) -> torch.Tensor:
+    logits = model.logits_of(h, E)
+    if codes is not None:  # the seen bias, over the batch's codes only (not a positions x vocabulary buffer)
+        logits = logits.index_add(1, codes, flags * model.seen_bias[codes])
+    return F.cross_entropy(logits, tg, reduction="sum")
 
 
 def batch_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
@@ -222,12 +226,15 @@ def batch_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
     h, E = model.hidden(batch.tokens, batch.pos, batch.mask, batch.rec_pos, batch.hours, batch.stay, batch.seen)
     sel = batch.targets >= 0
     hs, tg = h[sel], batch.targets[sel]
+    codes, flags = model.seen_codes_of(batch.tokens, batch.seen)
+    fs = flags[sel] if flags is not None else None
     n = int(tg.numel())
     if n <= LOSS_CHUNK:
-        return _chunk_nll(model, hs, E, tg) / max(n, 1), n
+        return _chunk_nll(model, hs, E, tg, codes, fs) / max(n, 1), n
     total = hs.new_zeros(())
     for a in range(0, n, LOSS_CHUNK):
-        part = (model, hs[a:a + LOSS_CHUNK], E, tg[a:a + LOSS_CHUNK])
+        part = (model, hs[a:a + LOSS_CHUNK], E, tg[a:a + LOSS_CHUNK], codes,
+                fs[a:a + LOSS_CHUNK] if fs is not None else None)
         total = total + (checkpoint(_chunk_nll, *part, use_reentrant=False) if torch.is_grad_enabled()
                          else _chunk_nll(*part))
     return total / n, n

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "kv_heads": None,     # key/value heads (None: one per query head); fewer shrink the sampler's KV cache
     "stay_clock": True,   # hours since the current ICU / hospital stay began as an input (clock.py)
     "seen_memory": True,  # the codes the record has held so far as an input (memory.py)
+    "seen_bias": False,   # a learned logit offset per code once the record has held it (model.py)
     "seen_embedding": "tied",  # the memory's code vectors: "tied" (the token embeddings) or "own" (a table of its own)
     # training
     "epochs": 2.0, "batch_rows": 16, "lr": 2e-3, "max_steps": None, "max_seconds": None, "seed": 0,
@@ -91,7 +92,7 @@ class TrajectoryGenerator:
         for k in _INT_PARAMS:
             if hp[k] is not None:
                 hp[k] = int(hp[k])
-        for k in ("hierarchy", "stay_clock", "seen_memory"):
+        for k in ("hierarchy", "stay_clock", "seen_memory", "seen_bias"):
             hp[k] = bool(hp[k]) if not isinstance(hp[k], str) else hp[k].lower() in ("1", "true", "yes")
         if hp["seen_embedding"] not in ("tied", "own"):
             raise ConditioningError(f"seen_embedding must be 'tied' or 'own', got {hp['seen_embedding']!r}")
@@ -158,7 +159,7 @@ class TrajectoryGenerator:
                                      h_tok=vocab.h_tok if use_h else None, h_node=vocab.h_node if use_h else None,
                                      dropout=hp["dropout"], stay_clock=hp["stay_clock"],
                                      seen_memory=hp["seen_memory"], kv_heads=hp["kv_heads"],
-                                     seen_embedding=hp["seen_embedding"])
+                                     seen_embedding=hp["seen_embedding"], seen_bias=hp["seen_bias"] and hp["seen_memory"])
 
     def _threads(self) -> None:
         if self.hyperparameters.get("threads"):

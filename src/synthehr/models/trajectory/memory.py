@@ -76,6 +76,25 @@ def window_memory(E: torch.Tensor, tokens: torch.Tensor, seen: SeenInput) -> tor
     return normalised(total, count)
 
 
+def window_seen(tokens: torch.Tensor, seen: SeenInput, codes: torch.Tensor) -> torch.Tensor:
+    """(B, R, len(codes)) 0/1: whether each of `codes` (sorted, unique) is among the codes the record has
+    held up to and including each input position of a packed batch — the flags the sampler keeps in
+    RunningMemory.seen.  Codes of the batch outside `codes` must not occur."""
+    B, R = tokens.shape
+    u = int(codes.numel())
+    flat_first = torch.nonzero(seen.first.reshape(-1))[:, 0]
+    pos = torch.cat([flat_first, seen.base_pos])
+    col = torch.searchsorted(codes, torch.cat([tokens.reshape(-1)[flat_first], seen.base_tok]))
+    ev = torch.zeros(B * R, u).index_put_((pos, col), torch.ones(pos.shape[0]), accumulate=True)
+    cum = torch.cat([torch.zeros(B, 1, u), ev.view(B, R, u).cumsum(1)], 1)
+    return cum[:, 1:] - cum.gather(1, seen.doc_begin[..., None].expand(B, R, u))
+
+
+def batch_seen_codes(tokens: torch.Tensor, seen: SeenInput) -> torch.Tensor:
+    """The sorted distinct codes a packed batch's memory can hold (its first occurrences and base codes)."""
+    return torch.unique(torch.cat([tokens.reshape(-1)[seen.first.reshape(-1)], seen.base_tok]))
+
+
 class RunningMemory:
     """The same memory, advanced one token per row during sampling (the embeddings are frozen then)."""
 

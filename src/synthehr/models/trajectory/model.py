@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthehr.models.trajectory.clock import N_STAY_FEATURES, stay_features
-from synthehr.models.trajectory.memory import SeenInput, window_memory
+from synthehr.models.trajectory.memory import SeenInput, batch_seen_codes, window_memory, window_seen
 
 N_POS_BUCKETS = 20    # log2 of the position in the record
 N_TIME_BUCKETS = 40   # half-octaves of the hours elapsed since the first event
@@ -149,7 +149,7 @@ class TrajectoryTransformer(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
                  n_nodes: int = 0, h_tok: np.ndarray | None = None, h_node: np.ndarray | None = None,
                  dropout: float = 0.0, stay_clock: bool = True, seen_memory: bool = True, kv_heads: int | None = None,
-                 seen_embedding: str = "tied"):
+                 seen_embedding: str = "tied", seen_bias: bool = False):
         super().__init__()
         if d_model % n_heads or (d_model // n_heads) % 2:
             raise ValueError(f"d_model {d_model} must split into {n_heads} heads of even size")
@@ -191,6 +191,11 @@ class TrajectoryTransformer(nn.Module):
         self.seen_emb = nn.Embedding(vocab_size, d_model) if seen_memory and seen_embedding == "own" else None
         if self.seen_emb is not None:
             nn.init.normal_(self.seen_emb.weight, std=0.02)
+        # seen_bias: a learned logit offset per code, added while the record has already held that code — a
+        # direct path for "a patient who has had one troponin gets more, one who has had none rarely starts"
+        if seen_bias and not seen_memory:
+            raise ValueError("seen_bias needs seen_memory")
+        self.seen_bias = nn.Parameter(torch.zeros(vocab_size)) if seen_bias else None
         self._frozen_emb: torch.Tensor | None = None
 
     @staticmethod
@@ -249,7 +254,19 @@ class TrajectoryTransformer(nn.Module):
 
     def forward(self, tokens, pos, mask, rec_pos=None, hours=None, stay=None, seen=None):
         h, E = self.hidden(tokens, pos, mask, rec_pos, hours, stay, seen)
-        return self.logits_of(h, E)
+        logits = self.logits_of(h, E)
+        if self.seen_bias is not None and seen is not None:  # dense over the vocabulary: for small inputs
+            codes = torch.arange(self.vocab_size)
+            logits = logits + window_seen(tokens, seen, codes) * self.seen_bias
+        return logits
+
+    def seen_codes_of(self, tokens: torch.Tensor, seen: SeenInput | None):
+        """For the chunked training loss: the batch's codes and their seen flags at every position
+        (memory.window_seen), or (None, None) without a seen bias."""
+        if self.seen_bias is None or seen is None:
+            return None, None
+        codes = batch_seen_codes(tokens, seen)
+        return codes, window_seen(tokens, seen, codes)
 
     # ------------------------------------------------------------ cached decoding
     def new_cache(self, batch: int, prefix: int, window: int) -> KVCache:
@@ -263,9 +280,11 @@ class TrajectoryTransformer(nn.Module):
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, hours: torch.Tensor | None = None,
-             stay: torch.Tensor | None = None, memory: torch.Tensor | None = None) -> torch.Tensor:
+             stay: torch.Tensor | None = None, memory: torch.Tensor | None = None,
+             seen_flags: torch.Tensor | None = None) -> torch.Tensor:
         """One token per row (B,) at record positions pos (B,), clocks `hours` (B,) and `stay` (B, 2), and
-        the seen-codes `memory` (B, d) (memory.RunningMemory.vector) → next-token logits (B, V)."""
+        the seen-codes `memory` (B, d) (memory.RunningMemory.vector) and flags `seen_flags` (B, V) bool
+        (RunningMemory.seen, for the seen bias) → next-token logits (B, V)."""
         E = self.embedding_matrix()
         x = F.embedding(tokens, E) + self._clock(pos, hours, stay)
         if memory is not None and self.seen_proj is not None:
@@ -279,4 +298,7 @@ class TrajectoryTransformer(nn.Module):
         bias = torch.zeros(cache.written.shape).masked_fill_(~cache.visible(pos), float("-inf"))[:, None, None, :]
         for b, ck, cv in zip(self.blocks, cache.k, cache.v):
             x = b.step(x, cos, sin, ck, cv, slot, bias)
-        return self.logits_of(self.ln_f(x[:, 0]), E)
+        logits = self.logits_of(self.ln_f(x[:, 0]), E)
+        if self.seen_bias is not None and seen_flags is not None:
+            logits = logits + seen_flags * self.seen_bias
+        return logits

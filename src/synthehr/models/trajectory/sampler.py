@@ -180,7 +180,8 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         clock.advance(feed)
         if memory is not None:
             memory.advance(feed, E_mem)
-        logits = model.step(feed, pos, cache, clock.hours, clock.stay(), memory.vector() if memory is not None else None)
+        logits = model.step(feed, pos, cache, clock.hours, clock.stay(), memory.vector() if memory is not None else None,
+                            memory.seen if memory is not None else None)
         stats.steps += 1
         nb = logits.shape[0]
         # which rows are forced by their prompt
