@@ -323,7 +323,7 @@ def test_min_prob_drops_the_unlikely_transitions_and_only_them(markov_model):
 def test_sampling_in_worker_processes_is_calibrated_and_independent_of_the_worker_count(markov_model):
     a = markov_model.sample(300, seed=4, batch_size=32, workers=2)
     st = markov_model.last_sample_stats_.as_dict()
-    assert st["records"] == 300 and st["seconds"] > 0
+    assert st["records"] == 300 and st["seconds"] > 0 and st["processes"] == 2
     b = markov_model.sample(300, seed=4, batch_size=32, workers=3)
     assert a.equals(b)  # tasks carry their own seeds: the worker count does not change the records
     assert a["subject_id"].n_unique() == 300

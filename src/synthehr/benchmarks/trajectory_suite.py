@@ -184,9 +184,9 @@ def run_dataset(args) -> list[Path]:
     add(T, "min_prob_truncated_mass_mean", sinfo["min_prob_truncated_mass_mean"], min_prob=args.min_prob,
         temperature=args.temperature)
     add(T, "closed_by_length_cap_share", sinfo["closed_by_length_cap"] / n_syn)
-    add(T, "patients_per_minute", sinfo["records_per_minute"], workers=args.sample_workers)
+    add(T, "patients_per_minute", sinfo["records_per_minute"], workers=sinfo["processes"])
     add(T, "generated_tokens_per_second", sinfo["sampled_tokens"] / max(sinfo["seconds"], 1e-9),
-        workers=args.sample_workers)
+        workers=sinfo["processes"])
     add(T, "train_tokens_per_second", info["train"]["tokens_per_second"])
     add(T, "train_steps", info["train"]["steps"])
     add(T, "nll", info["train"]["final_train_nll"], "train")
@@ -230,8 +230,8 @@ def run_dataset(args) -> list[Path]:
         + f", grammar mask on; "
         f"mask removed {100 * sinfo['mask_removed_mass_mean']:.2f}% of the probability mass per sampled token "
         f"on average (max {100 * sinfo['mask_removed_mass_max']:.1f}%)",
-        f"CPU threads: torch {gen.hyperparameters.get('threads') or 'default'}; sampling in {args.sample_workers} "
-        f"process(es); shared machine, timings are indicative",
+        f"CPU threads: torch {gen.hyperparameters.get('threads') or 'default'}; sampling in {sinfo['processes']} "
+        f"process(es) (--sample-workers {args.sample_workers}; one task of 2 x batch size runs in one); shared machine, timings are indicative",
     ]
     out = write_results(SUITE, dataset, rows, args.out, notes=notes)
     (work / "fit_info.json").write_text(json.dumps(info, indent=2, default=str))

@@ -55,6 +55,7 @@ def sample_in_processes(gen, prompts: Sequence[np.ndarray], *, workers: int, see
     n = len(prompts)
     starts = list(range(0, n, task_size))
     t0 = time.perf_counter()
+    stats.processes = min(workers, len(starts))
     with tempfile.TemporaryDirectory(prefix="synthehr-traj-workers-") as tmp:
         gen.save(tmp)
         jobs = ((t, prompts[a:a + task_size], task_seed(seed, t), kwargs) for t, a in enumerate(starts))
@@ -69,6 +70,6 @@ def sample_in_processes(gen, prompts: Sequence[np.ndarray], *, workers: int, see
                         stats.removed_mass_max = max(stats.removed_mass_max, v)
                     elif k == "lengths":
                         stats.lengths.extend(v)
-                    elif k != "seconds":
+                    elif k not in ("seconds", "processes"):
                         setattr(stats, k, getattr(stats, k) + v)
     stats.seconds += time.perf_counter() - t0

@@ -38,6 +38,7 @@ class SampleStats:
     truncated_mass_sum: float = 0.0  # probability mass below min_prob that was dropped (0 unless min_prob > 0)
     closed_by_length_cap: int = 0  # records that reached the closing-only zone near max_len
     seconds: float = 0.0
+    processes: int = 1             # sampling processes actually used (parallel.py)
     lengths: list = field(default_factory=list)
 
     @property
@@ -51,6 +52,7 @@ class SampleStats:
                 "masked_step_share": self.masked_steps / self.sampled_tokens if self.sampled_tokens else 0.0,
                 "min_prob_truncated_mass_mean": self.truncated_mass_sum / self.sampled_tokens if self.sampled_tokens else 0.0,
                 "closed_by_length_cap": self.closed_by_length_cap, "seconds": self.seconds,
+                "processes": self.processes,
                 "records_per_minute": 60 * self.records / self.seconds if self.seconds else float("nan"),
                 "mean_tokens_per_record": float(np.mean(self.lengths)) if self.lengths else float("nan")}
 
