@@ -94,6 +94,8 @@ class TrajectoryGenerator:
                 hp[k] = int(hp[k])
         for k in ("hierarchy", "stay_clock", "seen_memory", "seen_bias"):
             hp[k] = bool(hp[k]) if not isinstance(hp[k], str) else hp[k].lower() in ("1", "true", "yes")
+        if hp["seen_bias"] and not hp["seen_memory"]:
+            raise ConditioningError("seen_bias needs seen_memory (it reads the memory's seen-code flags)")
         if hp["seen_embedding"] not in ("tied", "own"):
             raise ConditioningError(f"seen_embedding must be 'tied' or 'own', got {hp['seen_embedding']!r}")
         if hp["context"] <= PREFIX_LEN + 8:
@@ -159,7 +161,7 @@ class TrajectoryGenerator:
                                      h_tok=vocab.h_tok if use_h else None, h_node=vocab.h_node if use_h else None,
                                      dropout=hp["dropout"], stay_clock=hp["stay_clock"],
                                      seen_memory=hp["seen_memory"], kv_heads=hp["kv_heads"],
-                                     seen_embedding=hp["seen_embedding"], seen_bias=hp["seen_bias"] and hp["seen_memory"])
+                                     seen_embedding=hp["seen_embedding"], seen_bias=hp["seen_bias"])
 
     def _threads(self) -> None:
         if self.hyperparameters.get("threads"):
@@ -203,16 +205,17 @@ class TrajectoryGenerator:
         thread each (parallel.py) once there is more than one task of 2 x batch_size prompts; each task has its
         own seed, so the records are the same for any number of workers > 1 (and differ from workers = 1)."""
         self._check_fitted()
-        if int(workers) < 1:
+        workers = int(workers)
+        if workers < 1:
             raise ConditioningError(f"workers must be >= 1, got {workers}")
         stats = SampleStats()
         task_size = 2 * max(1, int(batch_size))
-        if int(workers) > 1 and len(prompts) > task_size:
+        if workers > 1 and len(prompts) > task_size:
             from synthehr.models.trajectory.parallel import sample_in_processes
 
             results: list = [None] * len(prompts)
             sink = on_record if on_record is not None else results.__setitem__
-            sample_in_processes(self, prompts, workers=int(workers), seed=seed, task_size=task_size, on_record=sink,
+            sample_in_processes(self, prompts, workers=workers, seed=seed, task_size=task_size, on_record=sink,
                                 stats=stats, temperature=temperature, top_p=top_p, batch_size=batch_size,
                                 max_len=max_len, use_mask=use_mask, min_prob=min_prob)
             self.last_sample_stats_ = stats

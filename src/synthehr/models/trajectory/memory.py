@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def first_occurrences(tokens: np.ndarray, offsets: np.ndarray, code_like: np.ndarray) -> np.ndarray:
@@ -59,21 +60,29 @@ def normalised(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return total / torch.sqrt(count.clamp(min=1.0))[..., None]
 
 
+def _memory_events(tokens: torch.Tensor, seen: SeenInput) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where codes enter a packed batch's memory: flat positions (row * R + index) and their tokens —
+    each code's first occurrence in its record, plus the codes seen before a window began."""
+    flat_first = torch.nonzero(seen.first.reshape(-1))[:, 0]
+    return (torch.cat([flat_first, seen.base_pos]),
+            torch.cat([tokens.reshape(-1)[flat_first], seen.base_tok]))
+
+
+def _window_running_sums(ev: torch.Tensor, seen: SeenInput) -> torch.Tensor:
+    """ev (B, R, k) deposits → (B, R, k) running sums along each row, restarted at each window's beginning."""
+    B, R, k = ev.shape
+    cum = torch.cat([ev.new_zeros(B, 1, k), ev.cumsum(1)], 1)
+    return cum[:, 1:] - cum.gather(1, seen.doc_begin[..., None].expand(B, R, k))
+
+
 def window_memory(E: torch.Tensor, tokens: torch.Tensor, seen: SeenInput) -> torch.Tensor:
     """(B, R, d) memory of every input position of a packed batch."""
     B, R = tokens.shape
-    d = E.shape[1]
-    flat_first = torch.nonzero(seen.first.reshape(-1))[:, 0]
-    pos = torch.cat([flat_first, seen.base_pos])
-    tok = torch.cat([tokens.reshape(-1)[flat_first], seen.base_tok])
-    add = E.new_zeros(B * R, d).index_add(0, pos, E[tok])
-    cnt = E.new_zeros(B * R).index_add(0, pos, E.new_ones(pos.shape[0]))
-    # running sums along each row, restarted at each window's beginning
-    cum = torch.cat([E.new_zeros(B, 1, d), add.view(B, R, d).cumsum(1)], 1)
-    ccum = torch.cat([E.new_zeros(B, 1), cnt.view(B, R).cumsum(1)], 1)
-    total = cum[:, 1:] - cum.gather(1, seen.doc_begin[..., None].expand(B, R, d))
-    count = ccum[:, 1:] - ccum.gather(1, seen.doc_begin)
-    return normalised(total, count)
+    pos, tok = _memory_events(tokens, seen)
+    # the code vectors and a count in one deposit, so both run through the same restarted sums
+    ev = E.new_zeros(B * R, E.shape[1] + 1).index_add(0, pos, F.pad(E[tok], (0, 1), value=1.0))
+    sums = _window_running_sums(ev.view(B, R, -1), seen)
+    return normalised(sums[..., :-1], sums[..., -1])
 
 
 def window_seen(tokens: torch.Tensor, seen: SeenInput, codes: torch.Tensor) -> torch.Tensor:
@@ -81,18 +90,15 @@ def window_seen(tokens: torch.Tensor, seen: SeenInput, codes: torch.Tensor) -> t
     held up to and including each input position of a packed batch — the flags the sampler keeps in
     RunningMemory.seen.  Codes of the batch outside `codes` must not occur."""
     B, R = tokens.shape
-    u = int(codes.numel())
-    flat_first = torch.nonzero(seen.first.reshape(-1))[:, 0]
-    pos = torch.cat([flat_first, seen.base_pos])
-    col = torch.searchsorted(codes, torch.cat([tokens.reshape(-1)[flat_first], seen.base_tok]))
-    ev = torch.zeros(B * R, u).index_put_((pos, col), torch.ones(pos.shape[0]), accumulate=True)
-    cum = torch.cat([torch.zeros(B, 1, u), ev.view(B, R, u).cumsum(1)], 1)
-    return cum[:, 1:] - cum.gather(1, seen.doc_begin[..., None].expand(B, R, u))
+    pos, tok = _memory_events(tokens, seen)
+    ev = torch.zeros(B * R, int(codes.numel())).index_put_((pos, torch.searchsorted(codes, tok)),
+                                                          torch.ones(pos.shape[0]), accumulate=True)
+    return _window_running_sums(ev.view(B, R, -1), seen)
 
 
 def batch_seen_codes(tokens: torch.Tensor, seen: SeenInput) -> torch.Tensor:
     """The sorted distinct codes a packed batch's memory can hold (its first occurrences and base codes)."""
-    return torch.unique(torch.cat([tokens.reshape(-1)[seen.first.reshape(-1)], seen.base_tok]))
+    return torch.unique(_memory_events(tokens, seen)[1])
 
 
 class RunningMemory:

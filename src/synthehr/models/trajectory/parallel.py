@@ -40,12 +40,10 @@ def _init_worker(model_dir: str) -> None:
     _WORKER_GEN.hyperparameters["threads"] = 1
 
 
-def _run_task(job: tuple) -> tuple[int, list[np.ndarray], dict]:
+def _run_task(job: tuple) -> tuple[int, list[np.ndarray], SampleStats]:
     task, prompts, seed, kwargs = job
-    gen = _WORKER_GEN
-    out = gen.sample_tokens(list(prompts), seed=seed, workers=1, **kwargs)
-    s = gen.last_sample_stats_
-    return task, out, {k: getattr(s, k) for k in SampleStats.__dataclass_fields__}
+    out = _WORKER_GEN.sample_tokens(list(prompts), seed=seed, workers=1, **kwargs)
+    return task, out, _WORKER_GEN.last_sample_stats_
 
 
 def sample_in_processes(gen, prompts: Sequence[np.ndarray], *, workers: int, seed: int, task_size: int,
@@ -60,16 +58,10 @@ def sample_in_processes(gen, prompts: Sequence[np.ndarray], *, workers: int, see
         gen.save(tmp)
         jobs = ((t, prompts[a:a + task_size], task_seed(seed, t), kwargs) for t, a in enumerate(starts))
         ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
-        with ProcessPoolExecutor(max_workers=min(workers, len(starts)), mp_context=ctx,
+        with ProcessPoolExecutor(max_workers=stats.processes, mp_context=ctx,
                                  initializer=_init_worker, initargs=(tmp,)) as pool:
-            for task, records, s in pool.map(_run_task, jobs):
+            for task, records, task_stats in pool.map(_run_task, jobs):
                 for j, seq in enumerate(records):
                     on_record(starts[task] + j, seq)
-                for k, v in s.items():
-                    if k == "removed_mass_max":
-                        stats.removed_mass_max = max(stats.removed_mass_max, v)
-                    elif k == "lengths":
-                        stats.lengths.extend(v)
-                    elif k not in ("seconds", "processes"):
-                        setattr(stats, k, getattr(stats, k) + v)
+                stats.add(task_stats)
     stats.seconds += time.perf_counter() - t0

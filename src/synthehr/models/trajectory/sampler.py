@@ -41,6 +41,15 @@ class SampleStats:
     processes: int = 1             # sampling processes actually used (parallel.py)
     lengths: list = field(default_factory=list)
 
+    def add(self, other: "SampleStats") -> None:
+        """Fold in the counts of a run sampled elsewhere (a worker process); wall time and the process
+        count stay the caller's."""
+        for k in ("records", "sampled_tokens", "forced_tokens", "steps", "removed_mass_sum", "masked_steps",
+                  "truncated_mass_sum", "closed_by_length_cap"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.removed_mass_max = max(self.removed_mass_max, other.removed_mass_max)
+        self.lengths.extend(other.lengths)
+
     @property
     def mean_removed_mass(self) -> float:
         return self.removed_mass_sum / self.sampled_tokens if self.sampled_tokens else 0.0
