@@ -275,6 +275,63 @@ def test_negative_control_without_the_mask_records_are_invalid(demo_events):
     assert np.mean(valid) < 0.2  # the check can fail: without the mask almost nothing is valid
 
 
+def test_stay_limits_bound_every_sampled_stay_and_leave_forced_history_alone(demo_events, demo_vocab):
+    v = demo_vocab
+    roles = ClockRoles.of(v)
+
+    def longest_stays(seqs):
+        lens = np.array([len(s) for s in seqs])
+        _, stay = record_clocks(np.concatenate(seqs), np.r_[0, np.cumsum(lens)], roles)
+        return stay.max(axis=0)
+
+    # a record prompt: a real history whose hospital stay runs past the limit (forced, so not cut)
+    enc, _ = Tokenizer(v).encode(demo_events)
+    _, stay_all = record_clocks(enc.tokens, enc.offsets, roles)
+    over = [(int(np.argmax(stay_all[a:b, 1] > 30)) + 1, i) for i, (a, b) in enumerate(zip(enc.offsets[:-1], enc.offsets[1:]))
+            if (stay_all[a:b, 1] > 30).any()]
+    cut_at, i0 = min(over)  # the record whose hospital stay passes 30 h soonest
+    seq0 = enc.sequence(i0)
+    assert cut_at < 300
+    prompts = [np.array([v.bos])] * 40 + [seq0[:cut_at]]
+    m = _random_model(v)
+    with torch.no_grad():  # an untrained model that opens stays and moves time often
+        for c, b in ((Cat.ICU_OPEN, 6.0), (Cat.HOSP_OPEN, 6.0), (Cat.GAP, 2.0), (Cat.YEAR, 2.0)):
+            m.out_bias[torch.from_numpy(v.cat == c)] += b
+    free = generate(m, Grammar(v, max_len=400), prompts, context=64, batch_size=16, seed=1)
+    stats = SampleStats()
+    g = Grammar(v, max_len=400, stay_limits_hours=(6.0, 30.0))
+    capped = generate(m, g, prompts, context=64, batch_size=16, seed=1, stats=stats)
+    # negative control: without limits the untrained model keeps stays open far longer
+    assert longest_stays(free[:40])[0] > 24 and longest_stays(free[:40])[1] > 100
+    icu, hosp = longest_stays(capped[:40])
+    assert icu <= 6.0 + 1e-3 and hosp <= 30.0 + 1e-3
+    assert all(g.check(s)[0] for s in capped)
+    assert stats.stay_cut_mass_sum > 0 and stats.as_dict()["stay_cut_mass_mean"] > 0
+    assert np.array_equal(capped[40][:cut_at], seq0[:cut_at])  # the history stays as given
+    with pytest.raises(ValueError, match="stay_limits_hours"):
+        Grammar(v, max_len=400, stay_limits_hours=(0.0, 30.0))
+
+
+def test_stay_cap_sets_the_limits_from_the_longest_training_stays(demo_events):
+    gen = TrajectoryGenerator(d_model=32, n_layers=1, n_heads=2, context=48, max_steps=2, batch_rows=2, threads=1)
+    gen.fit(demo_events)
+    longest = gen.info_["longest_stay_hours"]
+    measured = dict(longest)
+    assert longest["icu"] > 24 and longest["hospital"] >= longest["icu"]
+    assert gen.grammar().stay_limits_hours == pytest.approx((longest["icu"], longest["hospital"]))
+    gen.hyperparameters["stay_cap"] = 2.0
+    assert gen.stay_limits_hours() == pytest.approx((2 * longest["icu"], 2 * longest["hospital"]))
+    gen.hyperparameters["stay_cap"] = 0.0
+    assert gen.stay_limits_hours() is None and not gen.grammar().has_stay_limits
+    del gen.info_["longest_stay_hours"]  # a model saved before the limits: no cap until measured
+    gen.hyperparameters["stay_cap"] = 1.0
+    assert gen.stay_limits_hours() is None
+    assert gen.measure_longest_stays(demo_events) == pytest.approx(measured)
+    for bad in (0.5, -1, "x"):
+        with pytest.raises(ConditioningError, match="stay_cap"):
+            TrajectoryGenerator(stay_cap=bad)
+
+
 def test_bad_prompt_is_refused_by_the_grammar(demo_vocab):
     v = demo_vocab
     g = Grammar(v, max_len=64)

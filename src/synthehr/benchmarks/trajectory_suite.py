@@ -65,6 +65,11 @@ def _meds_root(args, work: Path) -> tuple[Path, str]:
     return Path(args.meds), Path(args.meds).name
 
 
+def _limits_text(gen) -> str:
+    lim = gen.stay_limits_hours() or (None, None)
+    return ", ".join(f"{k} {h:,.1f} h" for k, h in zip(("ICU", "hospital"), lim) if h is not None)
+
+
 def run_dataset(args) -> list[Path]:
     from synthehr.models.trajectory import TrajectoryGenerator, Tokenizer, check_records
     from synthehr.models.trajectory import metrics as M
@@ -77,11 +82,15 @@ def run_dataset(args) -> list[Path]:
           "seen_memory": args.seen_memory, "seen_embedding": args.seen_embedding,
           "seen_bias": args.seen_bias, "context": args.context,
           "epochs": args.epochs, "max_seconds": args.max_seconds, "batch_rows": args.batch_rows, "lr": args.lr,
-          "min_subjects": args.min_subjects, "threads": args.threads, "seed": args.seed, "max_len": args.max_len}
+          "min_subjects": args.min_subjects, "threads": args.threads, "seed": args.seed, "max_len": args.max_len,
+          "stay_cap": args.stay_cap}
     t0 = time.perf_counter()
     if args.model_dir:  # reuse a model this suite trained and saved before (its fit_seconds are reported)
         gen = TrajectoryGenerator.load(args.model_dir)
         fit_s = float(gen.info_.get("fit_seconds", float("nan")))
+        gen.hyperparameters["stay_cap"] = args.stay_cap  # a sampling setting: this run's, not the saved one
+        if "longest_stay_hours" not in gen.info_:  # saved before the stay limits: measure them as fit() does
+            print(f"  longest training stays: {gen.measure_longest_stays(root, 'train')}", flush=True)
     else:
         gen = TrajectoryGenerator(**{k: v for k, v in hp.items() if v is not None})
         gen.fit(root, split="train", progress=lambda m: print(f"  {m}", flush=True))
@@ -183,6 +192,7 @@ def run_dataset(args) -> list[Path]:
     add(T, "mask_removed_mass_max", sinfo["mask_removed_mass_max"])
     add(T, "min_prob_truncated_mass_mean", sinfo["min_prob_truncated_mass_mean"], min_prob=args.min_prob,
         temperature=args.temperature)
+    add(T, "stay_cut_mass_mean", sinfo["stay_cut_mass_mean"], stay_cap=args.stay_cap)
     add(T, "closed_by_length_cap_share", sinfo["closed_by_length_cap"] / n_syn)
     add(T, "patients_per_minute", sinfo["records_per_minute"], workers=sinfo["processes"])
     add(T, "generated_tokens_per_second", sinfo["sampled_tokens"] / max(sinfo["seconds"], 1e-9),
@@ -201,7 +211,7 @@ def run_dataset(args) -> list[Path]:
     add(T, "peak_rss_mb", _rss_mb())
     reasons = rv.filter(~pl.col("valid")).group_by("reason").len().sort("len", descending=True)
     notes = [
-        f"model: {json.dumps({k: gen.hyperparameters[k] for k in ('d_model', 'n_layers', 'n_heads', 'kv_heads', 'context', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'stay_clock', 'seen_memory', 'threads')})}",
+        f"model: {json.dumps({k: gen.hyperparameters.get(k) for k in ('d_model', 'n_layers', 'n_heads', 'kv_heads', 'context', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'stay_clock', 'seen_memory', 'seen_bias', 'seen_embedding', 'stay_cap', 'threads')})}",
         f"vocabulary {info['vocab']['vocab_size']:,} tokens: {info['vocab']['n_codes_kept']:,} of "
         f"{info['vocab']['n_codes_seen']:,} codes kept (seen in >= {info['vocab']['min_subjects']} training "
         f"subjects, {100 * info['vocab']['event_coverage']:.1f}% of events), {info['vocab']['n_value_codes']:,} "
@@ -229,7 +239,10 @@ def run_dataset(args) -> list[Path]:
            f"per sampled token on average)" if args.min_prob > 0 else "no truncation")
         + f", grammar mask on; "
         f"mask removed {100 * sinfo['mask_removed_mass_mean']:.2f}% of the probability mass per sampled token "
-        f"on average (max {100 * sinfo['mask_removed_mass_max']:.1f}%)",
+        f"on average (max {100 * sinfo['mask_removed_mass_max']:.1f}%); "
+        + (f"stay limits {_limits_text(gen)} (stay_cap {args.stay_cap:g} x the longest training stay) cut "
+           f"{100 * sinfo['stay_cut_mass_mean']:.3f}% of the mass per sampled token (in the mask's share)"
+           if gen.stay_limits_hours() else "no stay limits"),
         f"CPU threads: torch {gen.hyperparameters.get('threads') or 'default'}; sampling in {sinfo['processes']} "
         f"process(es) (--sample-workers {args.sample_workers}; one task of 2 x batch size runs in one); shared machine, timings are indicative",
     ]
@@ -390,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="processes (one thread each) that sample the synthetic patients")
     ap.add_argument("--min-prob", type=float, default=0.0,
                     help="epsilon sampling: drop tokens less likely than this at each step (0 = no truncation)")
+    ap.add_argument("--stay-cap", type=float, default=1.0,
+                    help="no sampled ICU / hospital stay longer than this x the longest in training (0: no cap)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ablate-hierarchy", action="store_true",
                     help="also train without hierarchy tying (same budget) and report its NLL")

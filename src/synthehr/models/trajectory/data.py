@@ -42,12 +42,15 @@ class TokenStore:
         self._subjects: list[int] = []
         self._offsets_arr: np.ndarray | None = None
         self._fds: dict[str, int] = {}
+        self.longest_stay_hours = np.full(2, -1.0)  # [ICU, hospital] longest open-stay clock seen; -1: none
         for name, _, _ in self._FILES:
             (self.root / f"{name}.bin").write_bytes(b"")
 
     def append(self, enc: Encoded) -> None:
         hours, stay = record_clocks(enc.tokens, enc.offsets, self._roles)
         first = first_occurrences(enc.tokens, enc.offsets, self._roles.code_like)
+        if stay.size:
+            self.longest_stay_hours = np.maximum(self.longest_stay_hours, stay.max(axis=0))
         for (name, dt, _), arr in zip(self._FILES, (enc.tokens, hours, stay, first)):
             with open(self.root / f"{name}.bin", "ab") as f:
                 f.write(np.ascontiguousarray(arr, dt).tobytes())

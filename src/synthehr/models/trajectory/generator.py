@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 
 from synthehr.errors import ConditioningError, DataError, ModelFileError
 from synthehr.models.base import FORMAT_VERSION, _json_default, _sha256, read_verified_folder
-from synthehr.models.trajectory.clock import ClockRoles
+from synthehr.models.trajectory.clock import ClockRoles, record_clocks
 from synthehr.models.trajectory.data import TokenStore, evaluate_loss, train
 from synthehr.models.trajectory.grammar import Grammar
 from synthehr.models.trajectory.model import TrajectoryTransformer
@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 2.0, "batch_rows": 16, "lr": 2e-3, "max_steps": None, "max_seconds": None, "seed": 0,
     # sampling
     "max_len": None,      # token cap per generated record; default: the longest training record
+    "stay_cap": 1.0,      # no sampled ICU / hospital stay longer than this x the longest in training (0: no cap)
     "threads": None,      # torch CPU threads (default: torch's own)
 }
 _INT_PARAMS = {"min_subjects", "max_codes", "n_value_bins", "d_model", "n_layers", "n_heads", "context", "batch_rows",
@@ -98,6 +99,13 @@ class TrajectoryGenerator:
             raise ConditioningError("seen_bias needs seen_memory (it reads the memory's seen-code flags)")
         if hp["seen_embedding"] not in ("tied", "own"):
             raise ConditioningError(f"seen_embedding must be 'tied' or 'own', got {hp['seen_embedding']!r}")
+        try:
+            hp["stay_cap"] = float(hp["stay_cap"] or 0.0)
+        except (TypeError, ValueError):
+            raise ConditioningError(f"stay_cap must be a number (0 for no cap), got {hp['stay_cap']!r}") from None
+        if not hp["stay_cap"] >= 0 or (0 < hp["stay_cap"] < 1):
+            raise ConditioningError(f"stay_cap must be 0 (no cap) or at least 1 (x the longest training stay), "
+                                    f"got {hp['stay_cap']}")
         if hp["context"] <= PREFIX_LEN + 8:
             raise ConditioningError(f"context must exceed {PREFIX_LEN + 8} tokens, got {hp['context']}")
         self.hyperparameters = hp
@@ -145,6 +153,7 @@ class TrajectoryGenerator:
             "record_tokens": {"median": float(np.median(lengths)), "p95": float(np.percentile(lengths, 95)),
                               "max": int(lengths.max())},
             "max_len": int(hp["max_len"] or lengths.max()),
+            "longest_stay_hours": _longest_stays(store.longest_stay_hours),
             "repairs": dict(repairs), "repaired_events": n_real,
             "vocab": vocab.stats, "seconds": {"vocabulary": t_vocab, "tokenize": t_tok, "train": log.seconds},
             "train": {"steps": log.steps, "tokens": log.tokens, "tokens_per_second": log.tokens_per_second,
@@ -176,9 +185,34 @@ class TrajectoryGenerator:
         self._check_fitted()
         return Tokenizer(self.vocab_)
 
+    def stay_limits_hours(self) -> tuple[float | None, float | None] | None:
+        """(ICU, hospital) hours no sampled stay may pass: stay_cap x the longest training stay of that kind
+        (a stay under an hour counts as an hour); None without a cap or for models saved before it."""
+        cap = float(self.hyperparameters.get("stay_cap") or 0.0)
+        longest = self.info_.get("longest_stay_hours")
+        if cap <= 0 or not longest:
+            return None
+        lim = tuple(None if longest.get(k) is None else cap * max(float(longest[k]), 1.0) for k in ("icu", "hospital"))
+        return None if lim == (None, None) else lim
+
+    def measure_longest_stays(self, data, split: str = "train") -> dict:
+        """Longest ICU / hospital stay (hours, token time) in real records (a MEDS folder's `split`, or an
+        events table) as info_["longest_stay_hours"], for the stay limits; fit() sets it from the training
+        data, this sets it for a model saved before the limits existed."""
+        self._check_fitted()
+        tok, roles = self.tokenizer, ClockRoles.of(self.vocab_)
+        longest = np.full(2, -1.0)
+        for shard in meds_shards(data, split):
+            enc = tok.encode(shard)[0]
+            if enc.tokens.size:
+                longest = np.maximum(longest, record_clocks(enc.tokens, enc.offsets, roles)[1].max(axis=0))
+        self.info_["longest_stay_hours"] = _longest_stays(longest)
+        return self.info_["longest_stay_hours"]
+
     def grammar(self, max_len: int | None = None) -> Grammar:
         self._check_fitted()
-        return Grammar(self.vocab_, max_len or self.info_.get("max_len") or 4096)
+        return Grammar(self.vocab_, max_len or self.info_.get("max_len") or 4096,
+                       stay_limits_hours=self.stay_limits_hours())
 
     def nll(self, data, split: str = "train", max_tokens: int | None = 2_000_000) -> float:
         """Mean next-token negative log-likelihood (nats) of real records (a MEDS folder's `split`, or an
@@ -441,6 +475,11 @@ def is_trajectory_model(path: str | Path) -> bool:
         return json.loads(p.read_text()).get("model_type") == MODEL_TYPE
     except (json.JSONDecodeError, OSError):
         return False
+
+
+def _longest_stays(hours: np.ndarray) -> dict:
+    """[ICU, hospital] longest stay clock (-1: no stay of that kind) → {"icu": h | None, "hospital": h | None}."""
+    return {k: (float(h) if h >= 0 else None) for k, h in zip(("icu", "hospital"), hours)}
 
 
 def _check_n(n) -> int:

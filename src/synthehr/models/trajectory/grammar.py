@@ -18,6 +18,14 @@ only with every stay closed; after death only MEDS_DEATH (once) and [EOS]; [EOS]
 closed; codes specific to one sex only for that sex (unknown sex: neither).  Within `force_margin`
 tokens of `max_len` only the tokens that close the record are allowed, so a length cap never leaves a
 stay open.
+
+Stay limits (`stay_limits_hours`, optional): no time token may take an open ICU / hospital stay past
+that many hours (`stay_cut`); the generator sets them to the longest stay of each kind in its training
+data.  Why: nothing else bounds how long a stay lasts, and a model that drifts past the stay lengths it
+was trained on reads clock values it never saw; on the MIMIC-IV demo with the seen-code bias, a quarter
+of the synthetic first ICU stays ran past 4,785 h because month- and year-sized gaps were sampled inside
+them (issue 6).  This needs the running stay clocks (clock.py), so it is a mask of its own beside the
+finite-state `allowed`.
 """
 
 from __future__ import annotations
@@ -53,9 +61,15 @@ class GrammarState:
 
 
 class Grammar:
-    def __init__(self, vocab: Vocabulary, max_len: int, force_margin: int = 4):
+    def __init__(self, vocab: Vocabulary, max_len: int, force_margin: int = 4,
+                 stay_limits_hours: tuple[float | None, float | None] | None = None):
         if max_len < 16:
             raise ValueError(f"max_len must be at least 16, got {max_len}")
+        lim = [float("inf") if x is None else float(x) for x in (stay_limits_hours or (None, None))]
+        if len(lim) != 2 or any(not x > 0 for x in lim):
+            raise ValueError(f"stay_limits_hours must be two positive hours (ICU, hospital) or None, got {stay_limits_hours}")
+        self.stay_limits_hours = tuple(lim)
+        self.has_stay_limits = any(np.isfinite(lim))
         self.vocab = vocab
         self.max_len = int(max_len)
         self.force_margin = int(force_margin)
@@ -87,6 +101,8 @@ class Grammar:
         self.t_sex = torch.as_tensor(sex_code)
         self.t_gapk = torch.as_tensor(self._gap_k)
         self._key_to_row: dict[int, int] = {}
+        self.time_ids = torch.as_tensor(np.flatnonzero(self._is[Cat.GAP] | self._is[Cat.YEAR]))
+        self._time_hours = torch.as_tensor(vocab.time_increments_hours(), dtype=torch.float64)[self.time_ids]
         self._table = torch.zeros((0, V), dtype=torch.bool)
         self._rowmap = torch.full((0,), -1, dtype=torch.long)  # key -> table row (dense over seen keys)
 
@@ -219,6 +235,16 @@ class Grammar:
         if new:
             self._table = torch.cat([self._table, torch.stack(new)])
         return self._table[torch.tensor(rows, dtype=torch.long)[inv]]
+
+    def stay_cut(self, stay: torch.Tensor) -> torch.Tensor:
+        """(B, len(time_ids)) bool: the time tokens (`time_ids`) that would take an open stay past its
+        limit, given the stay clocks `stay` (B, 2) = [ICU, hospital] hours since the stay opened, -1 when
+        closed (clock.RunningClock.stay).  All False without limits."""
+        lim = torch.tensor(self.stay_limits_hours, dtype=torch.float64)
+        s = stay.to(torch.float64)
+        left = torch.where(s >= 0, lim - s, torch.full_like(s, float("inf"))).min(dim=1).values
+        # a small tolerance: clocks are float32 sums of many steps
+        return self._time_hours[None, :] > left[:, None] + 1e-3
 
     # ---------------------------------------------------------------- sequential check
     def check(self, seq, complete: bool = True) -> tuple[bool, int, str]:

@@ -36,6 +36,7 @@ class SampleStats:
     removed_mass_max: float = 0.0
     masked_steps: int = 0          # sampled steps where the mask removed more than 1e-6
     truncated_mass_sum: float = 0.0  # probability mass below min_prob that was dropped (0 unless min_prob > 0)
+    stay_cut_mass_sum: float = 0.0   # of the mask's removed mass: time tokens cut by the stay limits (grammar.py)
     closed_by_length_cap: int = 0  # records that reached the closing-only zone near max_len
     seconds: float = 0.0
     processes: int = 1             # sampling processes actually used (parallel.py)
@@ -45,7 +46,7 @@ class SampleStats:
         """Fold in the counts of a run sampled elsewhere (a worker process); wall time and the process
         count stay the caller's."""
         for k in ("records", "sampled_tokens", "forced_tokens", "steps", "removed_mass_sum", "masked_steps",
-                  "truncated_mass_sum", "closed_by_length_cap"):
+                  "truncated_mass_sum", "stay_cut_mass_sum", "closed_by_length_cap"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.removed_mass_max = max(self.removed_mass_max, other.removed_mass_max)
         self.lengths.extend(other.lengths)
@@ -60,6 +61,7 @@ class SampleStats:
                 "mask_removed_mass_max": self.removed_mass_max,
                 "masked_step_share": self.masked_steps / self.sampled_tokens if self.sampled_tokens else 0.0,
                 "min_prob_truncated_mass_mean": self.truncated_mass_sum / self.sampled_tokens if self.sampled_tokens else 0.0,
+                "stay_cut_mass_mean": self.stay_cut_mass_sum / self.sampled_tokens if self.sampled_tokens else 0.0,
                 "closed_by_length_cap": self.closed_by_length_cap, "seconds": self.seconds,
                 "processes": self.processes,
                 "records_per_minute": 60 * self.records / self.seconds if self.seconds else float("nan"),
@@ -191,7 +193,8 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         clock.advance(feed)
         if memory is not None:
             memory.advance(feed, E_mem)
-        logits = model.step(feed, pos, cache, clock.hours, clock.stay(), memory.vector() if memory is not None else None,
+        stay = clock.stay()
+        logits = model.step(feed, pos, cache, clock.hours, stay, memory.vector() if memory is not None else None,
                             memory.seen if memory is not None else None)
         stats.steps += 1
         nb = logits.shape[0]
@@ -211,7 +214,12 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             whole = samp.size == nb
             probs = torch.softmax((logits if whole else logits[ts]) / temperature, dim=-1)
             if allowed is not None:
-                al = allowed if whole else allowed[ts]
+                al = allowed.clone() if whole else allowed[ts]
+                if grammar.has_stay_limits:
+                    cut = grammar.stay_cut(stay if whole else stay[ts])
+                    tid = grammar.time_ids
+                    stats.stay_cut_mass_sum += float((probs[:, tid] * al[:, tid] * cut).sum())
+                    al[:, tid] &= ~cut
                 kept = probs * al
                 ksum = kept.sum(-1)
                 removed = 1.0 - ksum
