@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--min-prob", type=float, default=0.0,
                      help="trajectory models: drop tokens less likely than this at each step (epsilon sampling; "
                           "0 = no truncation)")
+    gen.add_argument("--stay-cap", type=float,
+                     help="trajectory models: no sampled ICU / hospital stay longer than this x the longest in the "
+                          "training data (default: the model's stay_cap, 1; 0 = no limit)")
     gen.add_argument("--workers", type=int, default=1,
                      help="trajectory models: sampling processes, one CPU thread each (records depend on the seed "
                           "only, for any number > 1)")

@@ -537,6 +537,10 @@ def test_cli_train_generate_validate(tmp_path, capsys):
         assert cli.generate_command(ns) == 0
         ev = pl.read_parquet(tmp_path / out / "data" / "train" / "0.parquet")
         assert ev["subject_id"].n_unique() == 4
+    assert "stay limits: none" in capsys.readouterr().out  # Markov records hold no stays
+    with pytest.raises(ConditioningError, match="--stay-cap"):
+        cli.generate_command(argparse.Namespace(model=str(tmp_path / "model"), n=2, out=str(tmp_path / "c"),
+                                                seed=0, prompt=None, stay_cap=0.5))
     parser = argparse.ArgumentParser()
     cli.register_cli(parser.add_subparsers(dest="command"))
     ns = parser.parse_args(["trajectory-validate", str(tmp_path / "d")])

@@ -121,6 +121,11 @@ def generate_command(args: argparse.Namespace) -> int:
     top_p = float(getattr(args, "top_p", 1.0) or 1.0)
     min_prob = float(getattr(args, "min_prob", 0.0) or 0.0)
     workers = int(getattr(args, "workers", 1))
+    if getattr(args, "stay_cap", None) is not None:  # a sampling setting: overrides the saved one for this run
+        cap = float(args.stay_cap)
+        if not (cap == 0 or cap >= 1):
+            raise ConditioningError(f"--stay-cap must be 0 (no limit) or at least 1, got {cap:g}")
+        gen.hyperparameters["stay_cap"] = cap
     out = Path(args.out)
     t0 = time.perf_counter()
     if not prompt:
@@ -143,8 +148,12 @@ def generate_command(args: argparse.Namespace) -> int:
         events = ev.height
     s = gen.last_sample_stats_.as_dict()
     print(f"generated {n:,} patients ({events:,} events) in {time.perf_counter() - t0:.1f} s → {out}")
+    lim = gen.stay_limits_hours()
     print(f"  grammar mask removed {100 * s['mask_removed_mass_mean']:.2f}% of the probability mass per sampled "
           f"token; {s['closed_by_length_cap']} record(s) closed at the length cap")
+    print("  stay limits: " + (", ".join(f"{k} {h:,.1f} h" for k, h in zip(("ICU", "hospital"), lim) if h is not None)
+                               + f" (cut {100 * s['stay_cut_mass_mean']:.2f}% of the mass per sampled token)"
+                               if lim else "none"))
     return 0
 
 
