@@ -279,7 +279,8 @@ torch.set_num_threads(args["threads"])
 from synthehr.models.trajectory import TrajectoryGenerator
 g = TrajectoryGenerator(d_model=args["d_model"], n_layers=args["n_layers"], n_heads=args["n_heads"], kv_heads=args["kv_heads"],
                         context=args["context"], max_steps=args["steps"], batch_rows=args["batch_rows"],
-                        epochs=1000, threads=args["threads"], max_len=args["max_len"], min_subjects=2)
+                        epochs=1000, threads=args["threads"], max_len=args["max_len"], min_subjects=2,
+                        seen_bias=args["seen_bias"])
 t0 = time.perf_counter()
 g.fit(args["corpus"], work_dir=args["work"])
 fit = time.perf_counter() - t0
@@ -318,7 +319,8 @@ def run_scale(args) -> list[Path]:
         child_args = {"corpus": str(root), "work": str(work), "out": str(work / f"synthetic-{n}"), "threads": args.threads,
                       "d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "kv_heads": args.kv_heads,
                       "context": args.context, "steps": args.scale_steps, "batch_rows": args.batch_rows,
-                      "n_generate": args.scale_generate, "batch_size": args.batch_size, "max_len": args.max_len or 4096}
+                      "n_generate": args.scale_generate, "batch_size": args.batch_size, "max_len": args.max_len or 4096,
+                      "seen_bias": args.seen_bias}
         t0 = time.perf_counter()
         res = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(child_args)], capture_output=True, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
@@ -351,8 +353,8 @@ def run_scale(args) -> list[Path]:
              f"tokenisation to an on-disk store over all patients, {args.scale_steps} training steps "
              f"({args.batch_rows} rows x {args.context} tokens), then {args.scale_generate:,} patients generated "
              f"(batch {args.batch_size}, cap {args.max_len or 4096} tokens) streamed to MEDS shards",
-             f"model: d_model {args.d_model}, {args.n_layers} layers, {args.n_heads} heads, context {args.context}; "
-             f"torch threads {args.threads}; shared 2-core CPU, timings are indicative",
+             f"model: d_model {args.d_model}, {args.n_layers} layers, {args.n_heads} heads, context {args.context}, "
+             f"seen bias {'on' if args.seen_bias else 'off'}; torch threads {args.threads}; shared 2-core CPU, timings are indicative",
              "the scale model is trained for a fixed number of steps only: these rows measure cost, not fidelity",
              "peak_rss_mb: the process's peak resident set (ru_maxrss), file pages the OS mapped in included; "
              "peak_anon_rss_mb: peak anonymous memory (heap and tensors, RssAnon polled every 20 ms); *_fit_*: "
@@ -388,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="train without the seen-codes memory (an ablation)")
     ap.add_argument("--seen-embedding", choices=["tied", "own"], default="tied",
                     help="the seen-codes memory's code vectors: the tied token embeddings or a table of its own")
-    ap.add_argument("--seen-bias", action="store_true",
-                    help="a learned logit offset per code once the record has held that code")
+    ap.add_argument("--seen-bias", action=argparse.BooleanOptionalAction, default=True,
+                    help="a learned logit offset per code once the record has held that code (default on; "
+                         "--no-seen-bias for the model without it)")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--max-seconds", type=float, help="training time budget")

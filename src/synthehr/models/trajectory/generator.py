@@ -39,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "kv_heads": None,     # key/value heads (None: one per query head); fewer shrink the sampler's KV cache
     "stay_clock": True,   # hours since the current ICU / hospital stay began as an input (clock.py)
     "seen_memory": True,  # the codes the record has held so far as an input (memory.py)
-    "seen_bias": False,   # a learned logit offset per code once the record has held it (model.py)
+    "seen_bias": True,    # a learned logit offset per code once the record has held it (model.py)
     "seen_embedding": "tied",  # the memory's code vectors: "tied" (the token embeddings) or "own" (a table of its own)
     # training
     "epochs": 2.0, "batch_rows": 16, "lr": 2e-3, "max_steps": None, "max_seconds": None, "seed": 0,
@@ -447,8 +447,9 @@ class TrajectoryGenerator:
         if config["model_type"] != MODEL_TYPE:
             raise ModelFileError(f"{path}: holds a {config['model_type']!r} model, not {MODEL_TYPE!r}")
         try:
-            # models saved before the stay clock or the seen-codes memory existed were built without them
-            gen = cls(**{"stay_clock": False, "seen_memory": False, **config["hyperparameters"]})
+            # models saved before the stay clock, the seen-codes memory or the seen bias existed were built
+            # without them
+            gen = cls(**{"stay_clock": False, "seen_memory": False, "seen_bias": False, **config["hyperparameters"]})
             vocab = Vocabulary.from_state({k: v for k, v in tensors.items() if k.startswith("vocab.")},
                                           config["state"]["vocab"])
         except (KeyError, TypeError, ConditioningError) as e:
