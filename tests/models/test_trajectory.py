@@ -4,6 +4,7 @@ Markov-chain calibration (with a temperature fault as negative control), save/lo
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -110,7 +111,35 @@ def test_round_trip_on_demo_subjects(demo_events, demo_vocab):
                             "admission_while_admitted_dropped", "discharge_without_stay_dropped",
                             "icu_admission_while_in_icu_dropped", "icu_admission_outside_stay_dropped",
                             "extra_death_dropped", "icu_discharge_moved_earlier", "icu_discharge_added",
-                            "hospital_discharge_added"}
+                            "hospital_discharge_added", "hospital_admission_moved_earlier"}
+
+
+def test_an_icu_stay_opened_just_before_its_hospital_admission_is_kept():
+    """MIMIC-IV surgical same-day admissions reach the ICU before the admission is recorded: the hospital
+    admission moves back to the ICU admission; an ICU stay wholly outside a hospital stay is still dropped."""
+    t = lambda h: datetime(2150, 1, 1) + timedelta(hours=h)  # noqa: E731
+    rows = []
+    for sid, icu_in, hosp_in, icu_out, hosp_out in ((1, 0.0, 0.7, 27.0, 100.0),   # admission inside the ICU stay
+                                                    (2, 0.0, 30.0, 27.0, 100.0),  # ICU stay over before admission
+                                                    (3, 1.0, 0.0, 20.0, 50.0)):   # ordinary nested stays
+        rows += [(sid, None, "GENDER//F"), (sid, t(-24 * 365 * 60), "MEDS_BIRTH"),
+                 (sid, t(icu_in), "ICU_ADMISSION//MICU"), (sid, t(hosp_in), "HOSPITAL_ADMISSION//ELECTIVE"),
+                 (sid, t(icu_in + 2), "LAB//50912//mg/dL"), (sid, t(icu_out), "ICU_DISCHARGE//MICU"),
+                 (sid, t(hosp_out), "HOSPITAL_DISCHARGE//HOME")]
+    ev = pl.DataFrame(rows, schema={"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String},
+                      orient="row").with_columns(pl.lit(None, pl.Float32).alias("numeric_value"))
+    v = build_vocabulary([ev], min_subjects=1)
+    assert v.icu_in_hospital
+    enc, repairs = Tokenizer(v).encode(ev)
+    assert repairs["hospital_admission_moved_earlier"] == 1 and repairs["icu_admission_outside_stay_dropped"] == 1
+    icu_open = v.cat == Cat.ICU_OPEN
+    assert [bool(icu_open[enc.sequence(i)].any()) for i in range(3)] == [True, False, True]
+    g = Grammar(v, max_len=64)
+    assert all(g.check(enc.sequence(i))[0] for i in range(3))
+    dec = Tokenizer(v).decode(enc).filter(pl.col("subject_id") == 1)
+    hosp_time = dec.filter(pl.col("code").str.starts_with("HOSPITAL_ADMISSION"))["time"].item()
+    icu_time = dec.filter(pl.col("code").str.starts_with("ICU_ADMISSION"))["time"].item()
+    assert hosp_time == icu_time  # the admission now opens with the ICU stay
 
 
 def test_encoded_real_records_satisfy_the_grammar_and_validity(demo_events, demo_vocab):
@@ -326,10 +355,58 @@ def test_stay_cap_sets_the_limits_from_the_longest_training_stays(demo_events):
     del gen.info_["longest_stay_hours"]  # a model saved before the limits: no cap until measured
     gen.hyperparameters["stay_cap"] = 1.0
     assert gen.stay_limits_hours() is None
-    assert gen.measure_longest_stays(demo_events) == pytest.approx(measured)
+    assert gen.measure_training_stays(demo_events)["longest_stay_hours"] == pytest.approx(measured)
     for bad in (0.5, -1, "x"):
         with pytest.raises(ConditioningError, match="stay_cap"):
             TrajectoryGenerator(stay_cap=bad)
+
+
+def test_required_stays_keep_every_sampled_record_open_until_it_has_an_icu_stay(demo_events, demo_vocab):
+    v = demo_vocab
+    m = _random_model(v)
+    with torch.no_grad():  # an untrained model that ends records far more readily than it opens stays
+        for c, bias in ((Cat.EOS, 8.0), (Cat.DEATH, 3.0), (Cat.HOSP_OPEN, 5.0), (Cat.ICU_OPEN, 5.0)):
+            m.out_bias[torch.from_numpy(v.cat == c)] += bias
+    prompts = [np.array([v.bos])] * 40
+    icu_open = v.cat == Cat.ICU_OPEN
+
+    def with_icu(seqs):
+        return np.mean([icu_open[s].any() for s in seqs])
+
+    free = generate(m, Grammar(v, max_len=400), prompts, context=64, batch_size=16, seed=1)
+    g = Grammar(v, max_len=400, required_stays=(True, False))
+    held = generate(m, g, prompts, context=64, batch_size=16, seed=1)
+    assert with_icu(free) < 0.5  # negative control: without the requirement most records end before the ICU
+    assert with_icu(held) == 1.0 and all(g.check(s)[0] for s in held)
+    # the sequential check names the reason for a record that ends before its ICU stay
+    short = next(s for s in free if not icu_open[s].any())
+    ok, pos, why = g.check(short)
+    assert not ok and "before the record opened an ICU stay" in why
+    assert Grammar(v, max_len=400).check(short)[0]
+    # near the length cap the cap wins: a record may close without the stay
+    tight = generate(m, Grammar(v, max_len=24, required_stays=(True, True)), prompts[:4], context=64, seed=1)
+    assert all(Grammar(v, max_len=24, required_stays=(True, True)).check(s)[0] for s in tight)
+
+
+def test_stays_are_required_only_when_every_training_record_holds_one(demo_events):
+    gen = TrajectoryGenerator(d_model=32, n_layers=1, n_heads=2, context=48, max_steps=2, batch_rows=2, threads=1)
+    gen.fit(demo_events)
+    held = gen.info_["records_with_stay"]
+    assert held["records"] == demo_events["subject_id"].n_unique() and held["icu"] == held["records"]
+    assert gen.required_stays()[0] and gen.grammar().required_stays[0]
+    assert gen.required_stays()[1] == (held["hospital"] == held["records"])
+    gen.hyperparameters["require_stays"] = False
+    assert gen.required_stays() == (False, False)
+    gen.hyperparameters["require_stays"] = True
+    del gen.info_["records_with_stay"]  # a model saved before the count: nothing required until measured
+    assert gen.required_stays() == (False, False)
+    assert gen.measure_training_stays(demo_events)["records_with_stay"] == held
+    # a cohort where one record has no ICU stay requires none
+    icu_subjects = demo_events.filter(pl.col("code").str.starts_with("ICU_ADMISSION"))["subject_id"].unique()
+    one = icu_subjects[0]
+    no_icu = demo_events.filter(~((pl.col("subject_id") == one) & pl.col("code").str.starts_with("ICU_")))
+    gen.measure_training_stays(no_icu)
+    assert gen.info_["records_with_stay"]["icu"] == held["icu"] - 1 and not gen.required_stays()[0]
 
 
 def test_bad_prompt_is_refused_by_the_grammar(demo_vocab):

@@ -83,14 +83,15 @@ def run_dataset(args) -> list[Path]:
           "seen_bias": args.seen_bias, "context": args.context,
           "epochs": args.epochs, "max_seconds": args.max_seconds, "batch_rows": args.batch_rows, "lr": args.lr,
           "min_subjects": args.min_subjects, "threads": args.threads, "seed": args.seed, "max_len": args.max_len,
-          "stay_cap": args.stay_cap}
+          "stay_cap": args.stay_cap, "require_stays": args.require_stays}
     t0 = time.perf_counter()
     if args.model_dir:  # reuse a model this suite trained and saved before (its fit_seconds are reported)
         gen = TrajectoryGenerator.load(args.model_dir)
         fit_s = float(gen.info_.get("fit_seconds", float("nan")))
         gen.hyperparameters["stay_cap"] = args.stay_cap  # a sampling setting: this run's, not the saved one
-        if "longest_stay_hours" not in gen.info_:  # saved before the stay limits: measure them as fit() does
-            print(f"  longest training stays: {gen.measure_longest_stays(root, 'train')}", flush=True)
+        gen.hyperparameters["require_stays"] = args.require_stays
+        if "records_with_stay" not in gen.info_:  # saved before the stay limits / required stays: measure as fit() does
+            print(f"  training stays: {gen.measure_training_stays(root, 'train')}", flush=True)
     else:
         gen = TrajectoryGenerator(**{k: v for k, v in hp.items() if v is not None})
         gen.fit(root, split="train", progress=lambda m: print(f"  {m}", flush=True))
@@ -165,6 +166,8 @@ def run_dataset(args) -> list[Path]:
         st = M.first_stay_hours(ev)
         add(model, "first_icu_stay_hours_median", float(st["stay_hours"].median()), split)
         add(model, "first_icu_active_hours_median", float(st["active_hours"].median()), split)
+        for kind, prefix in (("icu", "ICU_ADMISSION"), ("hospital", "HOSPITAL_ADMISSION")):
+            add(model, f"records_with_{kind}_stay_share", M.share_with_stay(ev, prefix), split)
     # utility: in-hospital mortality of the first stay (first 48 h)
     codes100 = M.top_codes(tr_m, 100)
     stay = "HOSPITAL_ADMISSION" if tr_m["code"].str.starts_with("HOSPITAL_ADMISSION").any() else "ICU_ADMISSION"
@@ -211,7 +214,7 @@ def run_dataset(args) -> list[Path]:
     add(T, "peak_rss_mb", _rss_mb())
     reasons = rv.filter(~pl.col("valid")).group_by("reason").len().sort("len", descending=True)
     notes = [
-        f"model: {json.dumps({k: gen.hyperparameters.get(k) for k in ('d_model', 'n_layers', 'n_heads', 'kv_heads', 'context', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'stay_clock', 'seen_memory', 'seen_bias', 'seen_embedding', 'stay_cap', 'threads')})}",
+        f"model: {json.dumps({k: gen.hyperparameters.get(k) for k in ('d_model', 'n_layers', 'n_heads', 'kv_heads', 'context', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'stay_clock', 'seen_memory', 'seen_bias', 'seen_embedding', 'stay_cap', 'require_stays', 'threads')})}",
         f"vocabulary {info['vocab']['vocab_size']:,} tokens: {info['vocab']['n_codes_kept']:,} of "
         f"{info['vocab']['n_codes_seen']:,} codes kept (seen in >= {info['vocab']['min_subjects']} training "
         f"subjects, {100 * info['vocab']['event_coverage']:.1f}% of events), {info['vocab']['n_value_codes']:,} "
@@ -242,7 +245,9 @@ def run_dataset(args) -> list[Path]:
         f"on average (max {100 * sinfo['mask_removed_mass_max']:.1f}%); "
         + (f"stay limits {_limits_text(gen)} (stay_cap {args.stay_cap:g} x the longest training stay) cut "
            f"{100 * sinfo['stay_cut_mass_mean']:.3f}% of the mass per sampled token (in the mask's share)"
-           if gen.stay_limits_hours() else "no stay limits"),
+           if gen.stay_limits_hours() else "no stay limits")
+        + "; required stays (a record may not end or die before opening one; every training record holds one): "
+        + (", ".join(k for k, on in zip(("ICU", "hospital"), gen.required_stays()) if on) or "none"),
         f"CPU threads: torch {gen.hyperparameters.get('threads') or 'default'}; sampling in {sinfo['processes']} "
         f"process(es) (--sample-workers {args.sample_workers}; one task of 2 x batch size runs in one); shared machine, timings are indicative",
     ]
@@ -408,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="epsilon sampling: drop tokens less likely than this at each step (0 = no truncation)")
     ap.add_argument("--stay-cap", type=float, default=1.0,
                     help="no sampled ICU / hospital stay longer than this x the longest in training (0: no cap)")
+    ap.add_argument("--require-stays", action=argparse.BooleanOptionalAction, default=True,
+                    help="every sampled record opens an ICU / hospital stay when every training record does")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ablate-hierarchy", action="store_true",
                     help="also train without hierarchy tying (same budget) and report its NLL")

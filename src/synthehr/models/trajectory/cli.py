@@ -154,6 +154,8 @@ def generate_command(args: argparse.Namespace) -> int:
     print("  stay limits: " + (", ".join(f"{k} {h:,.1f} h" for k, h in zip(("ICU", "hospital"), lim) if h is not None)
                                + f" (cut {100 * s['stay_cut_mass_mean']:.2f}% of the mass per sampled token)"
                                if lim else "none"))
+    need = [k for k, on in zip(("ICU", "hospital"), gen.required_stays()) if on]
+    print("  required stays (every training record holds one): " + (", ".join(need) or "none"))
     return 0
 
 

@@ -86,6 +86,17 @@ def record_clocks(tokens: np.ndarray, offsets: np.ndarray, roles: ClockRoles) ->
     return hours.astype(np.float32), stay
 
 
+def records_holding_stays(tokens: np.ndarray, offsets: np.ndarray, roles: ClockRoles) -> np.ndarray:
+    """(n, 2) bool for records back to back: does each record open an [ICU, hospital] stay?"""
+    tokens = np.asarray(tokens, np.int64)
+    offsets = np.asarray(offsets, np.int64)
+    record = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
+    held = np.zeros((offsets.size - 1, N_STAY_CLOCKS), bool)
+    for k, opens in enumerate((roles.icu_open, roles.hosp_open)):
+        held[record[opens[tokens]], k] = True
+    return held
+
+
 class RunningClock:
     """The same clocks, advanced one token per row during sampling."""
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from synthehr.models.trajectory.clock import ClockRoles, record_clocks
+from synthehr.models.trajectory.clock import ClockRoles, record_clocks, records_holding_stays
 from synthehr.models.trajectory.memory import SeenInput, first_occurrences
 from synthehr.models.trajectory.tokenizer import PREFIX_LEN, Encoded
 
@@ -43,6 +43,7 @@ class TokenStore:
         self._offsets_arr: np.ndarray | None = None
         self._fds: dict[str, int] = {}
         self.longest_stay_hours = np.full(2, -1.0)  # [ICU, hospital] longest open-stay clock seen; -1: none
+        self.records_with_stay = np.zeros(2, np.int64)  # [ICU, hospital] records that open such a stay
         for name, _, _ in self._FILES:
             (self.root / f"{name}.bin").write_bytes(b"")
 
@@ -51,6 +52,7 @@ class TokenStore:
         first = first_occurrences(enc.tokens, enc.offsets, self._roles.code_like)
         if stay.size:
             self.longest_stay_hours = np.maximum(self.longest_stay_hours, stay.max(axis=0))
+        self.records_with_stay += records_holding_stays(enc.tokens, enc.offsets, self._roles).sum(axis=0)
         for (name, dt, _), arr in zip(self._FILES, (enc.tokens, hours, stay, first)):
             with open(self.root / f"{name}.bin", "ab") as f:
                 f.write(np.ascontiguousarray(arr, dt).tobytes())

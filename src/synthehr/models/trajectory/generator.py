@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 
 from synthehr.errors import ConditioningError, DataError, ModelFileError
 from synthehr.models.base import FORMAT_VERSION, _json_default, _sha256, read_verified_folder
-from synthehr.models.trajectory.clock import ClockRoles, record_clocks
+from synthehr.models.trajectory.clock import ClockRoles, record_clocks, records_holding_stays
 from synthehr.models.trajectory.data import TokenStore, evaluate_loss, train
 from synthehr.models.trajectory.grammar import Grammar
 from synthehr.models.trajectory.model import TrajectoryTransformer
@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     # sampling
     "max_len": None,      # token cap per generated record; default: the longest training record
     "stay_cap": 1.0,      # no sampled ICU / hospital stay longer than this x the longest in training (0: no cap)
+    "require_stays": True,  # every sampled record opens an ICU / hospital stay when every training record does
     "threads": None,      # torch CPU threads (default: torch's own)
 }
 _INT_PARAMS = {"min_subjects", "max_codes", "n_value_bins", "d_model", "n_layers", "n_heads", "context", "batch_rows",
@@ -93,7 +94,7 @@ class TrajectoryGenerator:
         for k in _INT_PARAMS:
             if hp[k] is not None:
                 hp[k] = int(hp[k])
-        for k in ("hierarchy", "stay_clock", "seen_memory", "seen_bias"):
+        for k in ("hierarchy", "stay_clock", "seen_memory", "seen_bias", "require_stays"):
             hp[k] = bool(hp[k]) if not isinstance(hp[k], str) else hp[k].lower() in ("1", "true", "yes")
         if hp["seen_bias"] and not hp["seen_memory"]:
             raise ConditioningError("seen_bias needs seen_memory (it reads the memory's seen-code flags)")
@@ -154,6 +155,7 @@ class TrajectoryGenerator:
                               "max": int(lengths.max())},
             "max_len": int(hp["max_len"] or lengths.max()),
             "longest_stay_hours": _longest_stays(store.longest_stay_hours),
+            "records_with_stay": _records_with_stay(store.records_with_stay, len(lengths)),
             "repairs": dict(repairs), "repaired_events": n_real,
             "vocab": vocab.stats, "seconds": {"vocabulary": t_vocab, "tokenize": t_tok, "train": log.seconds},
             "train": {"steps": log.steps, "tokens": log.tokens, "tokens_per_second": log.tokens_per_second,
@@ -195,24 +197,38 @@ class TrajectoryGenerator:
         lim = tuple(None if longest.get(k) is None else cap * max(float(longest[k]), 1.0) for k in ("icu", "hospital"))
         return None if lim == (None, None) else lim
 
-    def measure_longest_stays(self, data, split: str = "train") -> dict:
-        """Longest ICU / hospital stay (hours, token time) in real records (a MEDS folder's `split`, or an
-        events table) as info_["longest_stay_hours"], for the stay limits; fit() sets it from the training
-        data, this sets it for a model saved before the limits existed."""
+    def required_stays(self) -> tuple[bool, bool]:
+        """(ICU, hospital): must every sampled record open such a stay?  Yes for a kind every training
+        record holds (with require_stays); (False, False) for models saved before it was counted."""
+        held = self.info_.get("records_with_stay")
+        if not self.hyperparameters.get("require_stays", True) or not held or not held.get("records"):
+            return (False, False)
+        return tuple(int(held[k]) == int(held["records"]) for k in ("icu", "hospital"))
+
+    def measure_training_stays(self, data, split: str = "train") -> dict:
+        """Longest ICU / hospital stay (hours, token time) and how many records hold one, in real records
+        (a MEDS folder's `split`, or an events table), as info_["longest_stay_hours"] and
+        info_["records_with_stay"], for the stay limits and required stays; fit() sets both from the
+        training data, this sets them for a model saved before they existed."""
         self._check_fitted()
         tok, roles = self.tokenizer, ClockRoles.of(self.vocab_)
         longest = np.full(2, -1.0)
+        held, n = np.zeros(2, np.int64), 0
         for shard in meds_shards(data, split):
             enc = tok.encode(shard)[0]
             if enc.tokens.size:
                 longest = np.maximum(longest, record_clocks(enc.tokens, enc.offsets, roles)[1].max(axis=0))
+                held += records_holding_stays(enc.tokens, enc.offsets, roles).sum(axis=0)
+                n += len(enc)
         self.info_["longest_stay_hours"] = _longest_stays(longest)
-        return self.info_["longest_stay_hours"]
+        self.info_["records_with_stay"] = _records_with_stay(held, n)
+        return {"longest_stay_hours": self.info_["longest_stay_hours"],
+                "records_with_stay": self.info_["records_with_stay"]}
 
     def grammar(self, max_len: int | None = None) -> Grammar:
         self._check_fitted()
         return Grammar(self.vocab_, max_len or self.info_.get("max_len") or 4096,
-                       stay_limits_hours=self.stay_limits_hours())
+                       stay_limits_hours=self.stay_limits_hours(), required_stays=self.required_stays())
 
     def nll(self, data, split: str = "train", max_tokens: int | None = 2_000_000) -> float:
         """Mean next-token negative log-likelihood (nats) of real records (a MEDS folder's `split`, or an
@@ -481,6 +497,11 @@ def is_trajectory_model(path: str | Path) -> bool:
 def _longest_stays(hours: np.ndarray) -> dict:
     """[ICU, hospital] longest stay clock (-1: no stay of that kind) → {"icu": h | None, "hospital": h | None}."""
     return {k: (float(h) if h >= 0 else None) for k, h in zip(("icu", "hospital"), hours)}
+
+
+def _records_with_stay(held: np.ndarray, n_records: int) -> dict:
+    """[ICU, hospital] records that open such a stay, out of n_records."""
+    return {"icu": int(held[0]), "hospital": int(held[1]), "records": int(n_records)}
 
 
 def _check_n(n) -> int:

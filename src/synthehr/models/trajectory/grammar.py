@@ -8,6 +8,7 @@ State after each token (batched torch tensors):
   last    0 plain, 1 after TIME//1y, 2 + (c - 1) * G + k after the c-th sub-year TIME token of a step,
           which was TIME token k of G; LAST_CODE + k - 1 after a code with k value bins
   length  tokens consumed
+  owed    bit 1: an ICU stay, bit 2: a hospital stay the record must still open (required_stays)
 
 Rules in the timeline: a time step is zero or more TIME//1y then at most MAX_GAP_TOKENS sub-year TIME
 tokens in non-increasing order, and a time token must be followed by an event (so time never goes backwards and never dangles); VAL//j only right
@@ -26,6 +27,13 @@ was trained on reads clock values it never saw; on the MIMIC-IV demo with the se
 of the synthetic first ICU stays ran past 4,785 h because month- and year-sized gaps were sampled inside
 them (issue 6).  This needs the running stay clocks (clock.py), so it is a mask of its own beside the
 finite-state `allowed`.
+
+Required stays (`required_stays`, optional): a record may not end ([EOS]) or die (MEDS_DEATH, death at
+discharge) before it has opened an ICU / hospital stay.  The generator requires a kind of stay when every
+training record holds one (an ICU cohort: every MIMIC-IV demo and PhysioNet 2012 patient has an ICU
+stay).  Why: ending is learned from one example per training record, so on a small cohort the model
+ends records early; on the MIMIC-IV demo 25 of 80 synthetic patients never reached the ICU (issue 6).
+Near the length cap (closing-only mode) the cap wins and the requirement is waived.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ class GrammarState:
     last: torch.Tensor
     length: torch.Tensor
     forced: torch.Tensor   # ever entered the closing-only mode
+    owed: torch.Tensor     # stays still required: bit 1 ICU, bit 2 hospital
 
     def index(self, rows) -> "GrammarState":
         return GrammarState(*(getattr(self, f)[rows] for f in self.__dataclass_fields__))
@@ -62,7 +71,8 @@ class GrammarState:
 
 class Grammar:
     def __init__(self, vocab: Vocabulary, max_len: int, force_margin: int = 4,
-                 stay_limits_hours: tuple[float | None, float | None] | None = None):
+                 stay_limits_hours: tuple[float | None, float | None] | None = None,
+                 required_stays: tuple[bool, bool] = (False, False)):
         if max_len < 16:
             raise ValueError(f"max_len must be at least 16, got {max_len}")
         lim = [float("inf") if x is None else float(x) for x in (stay_limits_hours or (None, None))]
@@ -70,6 +80,10 @@ class Grammar:
             raise ValueError(f"stay_limits_hours must be two positive hours (ICU, hospital) or None, got {stay_limits_hours}")
         self.stay_limits_hours = tuple(lim)
         self.has_stay_limits = any(np.isfinite(lim))
+        if len(required_stays) != 2:
+            raise ValueError(f"required_stays must be two flags (ICU, hospital), got {required_stays}")
+        self.required_stays = tuple(bool(x) for x in required_stays)
+        self._owed0 = int(self.required_stays[0]) | 2 * int(self.required_stays[1])
         self.vocab = vocab
         self.max_len = int(max_len)
         self.force_margin = int(force_margin)
@@ -110,7 +124,8 @@ class Grammar:
     def initial(self, batch: int) -> GrammarState:
         z = lambda: torch.zeros(batch, dtype=torch.long)  # noqa: E731
         s = GrammarState(stage=z(), sex=torch.full((batch,), 2, dtype=torch.long), hosp=z(), icu=z(), dead=z(),
-                         death=z(), last=z(), length=z(), forced=torch.zeros(batch, dtype=torch.bool))
+                         death=z(), last=z(), length=z(), forced=torch.zeros(batch, dtype=torch.bool),
+                         owed=torch.full((batch,), self._owed0, dtype=torch.long))
         return s
 
     def advance(self, s: GrammarState, tokens: torch.Tensor) -> GrammarState:
@@ -136,8 +151,9 @@ class Grammar:
                            torch.where(c == C(Cat.GAP), after_gap,
                                        torch.where(is_code & (nb > 0), self.LAST_CODE + nb - 1, torch.zeros_like(s.last))))
         length = s.length + (c != C(Cat.PAD)).long()
+        owed = s.owed & ~((c == C(Cat.ICU_OPEN)).long() | 2 * (c == C(Cat.HOSP_OPEN)).long())
         new = GrammarState(stage=stage, sex=sex, hosp=hosp, icu=icu, dead=dead, death=death, last=last, length=length,
-                           forced=s.forced)
+                           forced=s.forced, owed=owed)
         new.forced = s.forced | self._force(new)
         return new
 
@@ -147,13 +163,14 @@ class Grammar:
     def keys(self, s: GrammarState) -> torch.Tensor:
         force = self._force(s).long()
         k = s.stage
-        for x, n in ((s.sex, 3), (s.hosp, 2), (s.icu, 2), (s.dead, 2), (s.death, 2), (s.last, self._n_last), (force, 2)):
+        for x, n in ((s.sex, 3), (s.hosp, 2), (s.icu, 2), (s.dead, 2), (s.death, 2), (s.last, self._n_last), (force, 2),
+                     ((s.owed > 0).long(), 2)):
             k = k * n + x
         return k
 
     def _decode_key(self, key: int) -> dict:
         out = {}
-        for name, n in (("force", 2), ("last", self._n_last), ("death", 2), ("dead", 2), ("icu", 2), ("hosp", 2),
+        for name, n in (("owed", 2), ("force", 2), ("last", self._n_last), ("death", 2), ("dead", 2), ("icu", 2), ("hosp", 2),
                         ("sex", 3)):
             out[name] = key % n
             key //= n
@@ -215,6 +232,8 @@ class Grammar:
             m |= I[Cat.DEATH]
             if not time_pending:
                 m |= I[Cat.EOS]
+        if st["owed"]:  # a required stay is still to come: no ending, no death yet
+            m &= ~(I[Cat.EOS] | I[Cat.DEATH] | I[Cat.HOSP_DIED])
         if not m.any():  # cannot happen with a vocabulary built by build_vocabulary; guard anyway
             raise RuntimeError(f"grammar state {st} allows no token")
         return m
@@ -252,7 +271,7 @@ class Grammar:
 
         Plain-Python mirror of `advance` (scalar state), so long real records check quickly."""
         cat, nb, sexc = self._cat_np, self.vocab.nbins, self.t_sex.numpy()
-        st = dict(stage=0, sex=2, hosp=0, icu=0, dead=0, death=0, last=0, length=0)
+        st = dict(stage=0, sex=2, hosp=0, icu=0, dead=0, death=0, last=0, length=0, owed=self._owed0)
         cache: dict[int, np.ndarray] = {}
         for p, t in enumerate(int(x) for x in seq):
             if not 0 <= t < self.V:
@@ -260,12 +279,16 @@ class Grammar:
             force = int(st["stage"] == 5 and self.max_len - st["length"] <= self.force_margin)
             k = st["stage"]
             for x, n in ((st["sex"], 3), (st["hosp"], 2), (st["icu"], 2), (st["dead"], 2), (st["death"], 2),
-                         (st["last"], self._n_last), (force, 2)):
+                         (st["last"], self._n_last), (force, 2), (int(st["owed"] > 0), 2)):
                 k = k * n + x
             m = cache.get(k)
             if m is None:
                 m = cache[k] = self.mask_for(k)
             if not m[t]:
+                if st["owed"] and self.mask_for(k - 1)[t]:  # allowed but for the owed stay (owed: the key's last digit)
+                    kinds = " and ".join(n for bit, n in ((1, "an ICU"), (2, "a hospital")) if st["owed"] & bit)
+                    return False, p, (f"{self.vocab.tokens[t]!r} before the record opened {kinds} stay "
+                                      "(required: every training record holds one)")
                 return False, p, f"{self.vocab.tokens[t]!r} not allowed in state {self._decode_key(k)}"
             c = int(cat[t])
             if c == Cat.PAD:
@@ -275,10 +298,12 @@ class Grammar:
                 st["sex"] = int(sexc[t])
             if c == Cat.HOSP_OPEN:
                 st["hosp"] = 1
+                st["owed"] &= ~2
             elif c in (Cat.HOSP_CLOSE, Cat.HOSP_DIED):
                 st["hosp"] = 0
             if c == Cat.ICU_OPEN:
                 st["icu"] = 1
+                st["owed"] &= ~1
             elif c == Cat.ICU_CLOSE:
                 st["icu"] = 0
             if c in (Cat.HOSP_DIED, Cat.DEATH):

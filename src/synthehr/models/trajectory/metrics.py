@@ -176,6 +176,15 @@ def first_stay_hours(events, open_prefix: str = "ICU_ADMISSION", close_prefix: s
                       active_hours=(pl.col("t_last") - pl.col("t_open")).dt.total_seconds() / 3600).to_pandas()
 
 
+def share_with_stay(events, open_prefix: str = "ICU_ADMISSION") -> float:
+    """Share of subjects whose record opens at least one stay (`open_prefix`: ICU_ADMISSION, HOSPITAL_ADMISSION)."""
+    ev = _pl(events).select("subject_id", "code")
+    n = ev["subject_id"].n_unique()
+    if n == 0:
+        return float("nan")
+    return ev.filter(pl.col("code").str.starts_with(open_prefix))["subject_id"].n_unique() / n
+
+
 __all__ = ["cooccurrence", "event_metrics", "event_probability_bias_r2", "first_admission_task", "first_stay_hours",
-           "presence_matrix", "privacy", "profile_features", "top_codes", "tstr_mortality"]
+           "presence_matrix", "privacy", "profile_features", "share_with_stay", "top_codes", "tstr_mortality"]
 

@@ -96,8 +96,10 @@ class Tokenizer:
 
         Repairs (counted in `repairs`): static rows other than sex dropped; sex-specific codes of the
         other sex dropped; events after death dropped (stay closers and MEDS_DEATH after it are moved to
-        the death time); a second admission while one is open, an ICU stay outside a hospital stay
-        (when the training data nest them) and closers without an open stay dropped; an ICU stay still
+        the death time); a hospital admission that comes inside an ICU stay opened outside any hospital
+        stay (when the training data nest them) is moved back to the ICU admission; a second admission
+        while one is open, any other ICU stay outside a hospital stay (when nested) and closers without an
+        open stay dropped; an ICU stay still
         open when its hospital stay closes or the patient dies is closed then (by moving its next ICU
         discharge there, else by the most frequent ICU discharge code); stays still open at the end of
         the record are closed at its last time (when `close_open`; a prompt keeps them open).
@@ -201,6 +203,19 @@ class Tokenizer:
             rep["icu_discharge_added"] += 1
             out.append((sid, t, rank, -1, icu_default))
 
+        def admission_inside_icu_stay(search_from):
+            """Index of the next hospital admission if it comes before this ICU stay's discharge (and before
+            any other stay event); else None."""
+            for j in range(search_from, n):
+                if consumed[j]:
+                    continue
+                c = evs[j][1]
+                if c == Cat.HOSP_OPEN:
+                    return j
+                if c in (Cat.ICU_CLOSE, Cat.ICU_OPEN, Cat.HOSP_CLOSE, Cat.HOSP_DIED, Cat.DEATH):
+                    return None
+            return None
+
         i = 0
         while i < n:
             t = evs[i][0]
@@ -235,6 +250,15 @@ class Tokenizer:
                 if not hosp:
                     emit(ho.pop(0), rank); rank += 1; hosp = True
                 rep["admission_while_admitted_dropped"] += len(ho)
+            if io and not icu and not hosp and nest:
+                # an ICU stay that opens shortly before its hospital admission (MIMIC-IV: surgical same-day
+                # admissions go to the ICU from the OR before the admission is recorded): open the hospital
+                # stay with the ICU stay rather than lose the ICU stay
+                k = admission_inside_icu_stay(g)
+                if k is not None:
+                    consumed[k] = True
+                    emit(k, rank); rank += 1; hosp = True
+                    rep["hospital_admission_moved_earlier"] += 1
             if io:
                 if not icu and (hosp or not nest):
                     emit(io.pop(0), rank); rank += 1; icu = True
