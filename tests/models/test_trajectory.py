@@ -391,6 +391,8 @@ def test_required_stays_keep_every_sampled_record_open_until_it_has_an_icu_stay(
 def test_stays_are_required_only_when_every_training_record_holds_one(demo_events):
     gen = TrajectoryGenerator(d_model=32, n_layers=1, n_heads=2, context=48, max_steps=2, batch_rows=2, threads=1)
     gen.fit(demo_events)
+    assert gen.required_stays() == (False, False)  # off by default (it lengthened MIMIC-IV demo records)
+    gen.hyperparameters["require_stays"] = True
     held = gen.info_["records_with_stay"]
     assert held["records"] == demo_events["subject_id"].n_unique() and held["icu"] == held["records"]
     assert gen.required_stays()[0] and gen.grammar().required_stays[0]

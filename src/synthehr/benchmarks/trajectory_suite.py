@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="epsilon sampling: drop tokens less likely than this at each step (0 = no truncation)")
     ap.add_argument("--stay-cap", type=float, default=1.0,
                     help="no sampled ICU / hospital stay longer than this x the longest in training (0: no cap)")
-    ap.add_argument("--require-stays", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--require-stays", action=argparse.BooleanOptionalAction, default=False,
                     help="every sampled record opens an ICU / hospital stay when every training record does")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ablate-hierarchy", action="store_true",

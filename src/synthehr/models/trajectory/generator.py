@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     # sampling
     "max_len": None,      # token cap per generated record; default: the longest training record
     "stay_cap": 1.0,      # no sampled ICU / hospital stay longer than this x the longest in training (0: no cap)
-    "require_stays": True,  # every sampled record opens an ICU / hospital stay when every training record does
+    "require_stays": False,  # every sampled record opens an ICU / hospital stay when every training record does
     "threads": None,      # torch CPU threads (default: torch's own)
 }
 _INT_PARAMS = {"min_subjects", "max_codes", "n_value_bins", "d_model", "n_layers", "n_heads", "context", "batch_rows",
@@ -201,7 +201,7 @@ class TrajectoryGenerator:
         """(ICU, hospital): must every sampled record open such a stay?  Yes for a kind every training
         record holds (with require_stays); (False, False) for models saved before it was counted."""
         held = self.info_.get("records_with_stay")
-        if not self.hyperparameters.get("require_stays", True) or not held or not held.get("records"):
+        if not self.hyperparameters.get("require_stays", False) or not held or not held.get("records"):
             return (False, False)
         return tuple(int(held[k]) == int(held["records"]) for k in ("icu", "hospital"))
 
