@@ -65,11 +65,6 @@ def _meds_root(args, work: Path) -> tuple[Path, str]:
     return Path(args.meds), Path(args.meds).name
 
 
-def _limits_text(gen) -> str:
-    lim = gen.stay_limits_hours() or (None, None)
-    return ", ".join(f"{k} {h:,.1f} h" for k, h in zip(("ICU", "hospital"), lim) if h is not None)
-
-
 def run_dataset(args) -> list[Path]:
     from synthehr.models.trajectory import TrajectoryGenerator, Tokenizer, check_records
     from synthehr.models.trajectory import metrics as M
@@ -212,6 +207,7 @@ def run_dataset(args) -> list[Path]:
     add(T, "vocab_size", info["vocab"]["vocab_size"])
     add(T, "n_synthetic", n_syn)
     add(T, "peak_rss_mb", _rss_mb())
+    limits, required = gen.stay_rules_text()
     reasons = rv.filter(~pl.col("valid")).group_by("reason").len().sort("len", descending=True)
     notes = [
         f"model: {json.dumps({k: gen.hyperparameters.get(k) for k in ('d_model', 'n_layers', 'n_heads', 'kv_heads', 'context', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'stay_clock', 'seen_memory', 'seen_bias', 'seen_embedding', 'stay_cap', 'require_stays', 'threads')})}",
@@ -243,11 +239,11 @@ def run_dataset(args) -> list[Path]:
         + f", grammar mask on; "
         f"mask removed {100 * sinfo['mask_removed_mass_mean']:.2f}% of the probability mass per sampled token "
         f"on average (max {100 * sinfo['mask_removed_mass_max']:.1f}%); "
-        + (f"stay limits {_limits_text(gen)} (stay_cap {args.stay_cap:g} x the longest training stay) cut "
+        + (f"stay limits {limits} (stay_cap {args.stay_cap:g} x the longest training stay) cut "
            f"{100 * sinfo['stay_cut_mass_mean']:.3f}% of the mass per sampled token (in the mask's share)"
-           if gen.stay_limits_hours() else "no stay limits")
+           if limits else "no stay limits")
         + "; required stays (a record may not end or die before opening one; every training record holds one): "
-        + (", ".join(k for k, on in zip(("ICU", "hospital"), gen.required_stays()) if on) or "none"),
+        + (required or "none"),
         f"CPU threads: torch {gen.hyperparameters.get('threads') or 'default'}; sampling in {sinfo['processes']} "
         f"process(es) (--sample-workers {args.sample_workers}; one task of 2 x batch size runs in one); shared machine, timings are indicative",
     ]

@@ -148,14 +148,12 @@ def generate_command(args: argparse.Namespace) -> int:
         events = ev.height
     s = gen.last_sample_stats_.as_dict()
     print(f"generated {n:,} patients ({events:,} events) in {time.perf_counter() - t0:.1f} s → {out}")
-    lim = gen.stay_limits_hours()
+    limits, required = gen.stay_rules_text()
     print(f"  grammar mask removed {100 * s['mask_removed_mass_mean']:.2f}% of the probability mass per sampled "
           f"token; {s['closed_by_length_cap']} record(s) closed at the length cap")
-    print("  stay limits: " + (", ".join(f"{k} {h:,.1f} h" for k, h in zip(("ICU", "hospital"), lim) if h is not None)
-                               + f" (cut {100 * s['stay_cut_mass_mean']:.2f}% of the mass per sampled token)"
-                               if lim else "none"))
-    need = [k for k, on in zip(("ICU", "hospital"), gen.required_stays()) if on]
-    print("  required stays (every training record holds one): " + (", ".join(need) or "none"))
+    print("  stay limits: " + (f"{limits} (cut {100 * s['stay_cut_mass_mean']:.2f}% of the mass per sampled token)"
+                               if limits else "none"))
+    print("  required stays (every training record holds one): " + (required or "none"))
     return 0
 
 

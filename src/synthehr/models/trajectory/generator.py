@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
 }
 _INT_PARAMS = {"min_subjects", "max_codes", "n_value_bins", "d_model", "n_layers", "n_heads", "context", "batch_rows",
                "max_steps", "seed", "max_len", "threads", "kv_heads"}
+_STAY_KINDS = ("ICU", "hospital")  # display names, in the order of every (ICU, hospital) pair
 BIRTH_WINDOW = (np.datetime64("2050-01-01", "us"), np.datetime64("2150-01-01", "us"))
 
 
@@ -196,6 +197,13 @@ class TrajectoryGenerator:
             return None
         lim = tuple(None if longest.get(k) is None else cap * max(float(longest[k]), 1.0) for k in ("icu", "hospital"))
         return None if lim == (None, None) else lim
+
+    def stay_rules_text(self) -> tuple[str, str]:
+        """The stay limits ("ICU 468.2 h, hospital 817.9 h") and the required stays ("ICU") as text, "" for none
+        (for the CLI and the benchmark notes)."""
+        lim = self.stay_limits_hours() or (None, None)
+        limits = ", ".join(f"{k} {h:,.1f} h" for k, h in zip(_STAY_KINDS, lim) if h is not None)
+        return limits, ", ".join(k for k, on in zip(_STAY_KINDS, self.required_stays()) if on)
 
     def required_stays(self) -> tuple[bool, bool]:
         """(ICU, hospital): must every sampled record open such a stay?  Yes for a kind every training
