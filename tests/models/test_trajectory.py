@@ -15,7 +15,7 @@ from synthehr.errors import ConditioningError, ModelFileError
 from synthehr.models.trajectory import Grammar, Tokenizer, TrajectoryGenerator, build_vocabulary, check_records
 from synthehr.models.trajectory.clock import N_STAY_FEATURES, ClockRoles, RunningClock, record_clocks, stay_features
 from synthehr.models.trajectory.memory import RunningMemory, SeenInput, first_occurrences, window_memory
-from synthehr.models.trajectory.model import TrajectoryTransformer
+from synthehr.models.trajectory.model import TrajectoryTransformer, stay_bucket
 from synthehr.models.trajectory.sampler import SampleStats, generate
 from synthehr.models.trajectory.synthetic import markov_events, transition_counts
 from synthehr.models.trajectory.vocab import GAP_SECONDS, Cat, sex_restriction
@@ -461,7 +461,10 @@ def test_sampling_in_worker_processes_is_calibrated_and_independent_of_the_worke
     st = markov_model.last_sample_stats_.as_dict()
     assert st["records"] == 300 and st["seconds"] > 0 and st["processes"] == 2
     b = markov_model.sample(300, seed=4, batch_size=32, workers=3)
-    assert a.equals(b)  # tasks carry their own seeds: the worker count does not change the records
+    assert a.equals(b)  # each record has its own random stream: the worker count does not change the records
+    one = markov_model.sample(300, seed=4, batch_size=32, workers=1)
+    assert a.equals(one)  # ... nor does sampling in this process, in batches of other records
+    assert not a.equals(markov_model.sample(300, seed=5, batch_size=32, workers=2))  # negative control: the seed does
     assert a["subject_id"].n_unique() == 300
     C = transition_counts(a.filter(pl.col("code").str.contains(r"^MC//\d+$")), 4)
     assert np.abs(C / C.sum(1, keepdims=True) - P).max() < 0.1
@@ -527,18 +530,22 @@ def test_prompts_demographic_and_history(markov_model):
         markov_model.condition({"race": "MARTIAN"})
 
 
-@pytest.mark.parametrize("kv_heads,seen_embedding,seen_bias",
-                         [(None, "tied", False), (1, "tied", False), (None, "own", False), (None, "tied", True)])
-def test_kv_cache_steps_match_the_full_forward(kv_heads, seen_embedding, seen_bias):
+@pytest.mark.parametrize("kv_heads,seen_embedding,seen_bias,novel_bias",
+                         [(None, "tied", False, False), (1, "tied", False, False), (None, "own", False, False),
+                          (None, "tied", True, False), (None, "tied", True, True)])
+def test_kv_cache_steps_match_the_full_forward(kv_heads, seen_embedding, seen_bias, novel_bias):
     """Cached one-token steps (ring cache, running clocks and seen-codes memory) give the full forward's
     logits under the windowed mask, with one key/value head per query head or one shared by all, and with
     the memory summing the tied embeddings or a table of its own."""
     torch.manual_seed(0)
     m = TrajectoryTransformer(50, d_model=32, n_layers=2, n_heads=2, kv_heads=kv_heads,
-                              seen_embedding=seen_embedding, seen_bias=seen_bias).eval()
+                              seen_embedding=seen_embedding, seen_bias=seen_bias, novel_bias=novel_bias).eval()
     if seen_bias:
         with torch.no_grad():
             m.seen_bias.normal_(0, 1.0)
+    if novel_bias:  # a different offset in every stay bucket, so a wrong bucket would show
+        with torch.no_grad():
+            m.novel_bias.normal_(0, 1.0)
     if seen_embedding == "own":  # make the two tables differ, so the test would see the wrong one used
         with torch.no_grad():
             m.seen_emb.weight.normal_(0, 1.0)
@@ -634,13 +641,17 @@ def test_inverse_cdf_draws_match_the_weights_and_never_pick_zero_weight_tokens()
 
     w = torch.tensor([0.0, 0.5, 0.0, 0.2, 0.3, 0.0])
     gen = torch.Generator().manual_seed(0)
-    draws = torch.cat([_sample_rows(w.repeat(500, 1), 1.0, gen) for _ in range(40)])
+    u = lambda n: torch.rand(n, generator=gen, dtype=torch.float64)  # noqa: E731
+    draws = torch.cat([_sample_rows(w.repeat(500, 1), 1.0, u(500)) for _ in range(40)])
     freq = torch.bincount(draws, minlength=6).double() / draws.numel()
     assert freq[[0, 2, 5]].sum() == 0
     assert torch.allclose(freq, w.double(), atol=0.01)
     # top_p = 0.6 keeps 0.5 (the most likely) and 0.3 (cumulative mass before it 0.5 < 0.6)
-    nuc = torch.cat([_sample_rows(w.repeat(500, 1), 0.6, gen) for _ in range(20)])
+    nuc = torch.cat([_sample_rows(w.repeat(500, 1), 0.6, u(500)) for _ in range(20)])
     assert set(nuc.tolist()) == {1, 4}
+    # the edges: u = 0 takes the first token of positive weight, u just below 1 the last one
+    edge = _sample_rows(w.repeat(2, 1), 1.0, torch.tensor([0.0, 1.0 - 2.0 ** -53], dtype=torch.float64))
+    assert edge.tolist() == [1, 4]
 
 
 def test_main_cli_dispatches_trajectory_train_and_generate(tmp_path, capsys):
@@ -725,4 +736,36 @@ def test_chunked_checkpointed_loss_equals_the_whole_loss(demo_events, demo_vocab
     plain = TrajectoryTransformer(len(demo_vocab), d_model=32, n_layers=1, n_heads=2)
     plain.load_state_dict({k: v for k, v in m.state_dict().items() if k != "seen_bias"})
     assert abs(float(D.batch_loss(plain, batch)[0].detach()) - float(loss.detach())) > 1e-3  # the bias does enter the loss
+    # and with the novel bias (per stay bucket, where a token is not yet held) as well
+    torch.manual_seed(0)
+    nm = TrajectoryTransformer(len(demo_vocab), d_model=32, n_layers=1, n_heads=2, seen_bias=True, novel_bias=True)
+    with torch.no_grad():
+        nm.seen_bias.normal_(0, 2.0)
+        nm.novel_bias.normal_(0, 2.0)
+    assert len(torch.unique(stay_bucket(batch.stay[batch.targets >= 0]))) >= 2  # more than one bucket in play
+    loss, n = D.batch_loss(nm, batch)
+    with torch.no_grad():
+        full = nm(batch.tokens, batch.pos, batch.mask, batch.rec_pos, batch.hours, batch.stay, batch.seen)
+    want = torch.nn.functional.cross_entropy(full[sel], batch.targets[sel])
+    assert abs(float(loss.detach()) - float(want)) < 1e-5
+    seen_only = TrajectoryTransformer(len(demo_vocab), d_model=32, n_layers=1, n_heads=2, seen_bias=True)
+    seen_only.load_state_dict({k: v for k, v in nm.state_dict().items() if k != "novel_bias"})
+    assert abs(float(D.batch_loss(seen_only, batch)[0].detach()) - float(loss.detach())) > 1e-3
     store.close()
+
+
+def test_record_uniforms_are_uniform_and_independent_across_records_and_positions():
+    from scipy import stats as st
+
+    from synthehr.models.trajectory.sampler import record_uniforms
+
+    rec, pos = np.meshgrid(np.arange(400), np.arange(500), indexing="ij")
+    u = record_uniforms(7, rec.ravel(), pos.ravel()).reshape(400, 500)
+    assert u.min() >= 0 and u.max() < 1
+    assert st.kstest(u.ravel(), "uniform").pvalue > 1e-3
+    # neighbouring positions of one record, and the same position of neighbouring records, are uncorrelated
+    assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01
+    assert abs(np.corrcoef(u[:-1].ravel(), u[1:].ravel())[0, 1]) < 0.01
+    # a function of (seed, record, position) only; another seed gives other numbers
+    assert np.array_equal(record_uniforms(7, rec[3], pos[3]), u[3])
+    assert np.abs(record_uniforms(8, rec.ravel(), pos.ravel()) - u.ravel()).mean() > 0.2

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from synthehr.models.trajectory.clock import ClockRoles, record_clocks, records_holding_stays
 from synthehr.models.trajectory.memory import SeenInput, first_occurrences
+from synthehr.models.trajectory.model import stay_bucket
 from synthehr.models.trajectory.tokenizer import PREFIX_LEN, Encoded
 
 
@@ -217,10 +218,14 @@ LOSS_CHUNK = 1024  # target positions per logits block: caps the (positions x vo
 
 
 def _chunk_nll(model, h: torch.Tensor, E: torch.Tensor, tg: torch.Tensor, codes: torch.Tensor | None = None,
-               flags: torch.Tensor | None = None) -> torch.Tensor:
+               flags: torch.Tensor | None = None, buckets: torch.Tensor | None = None) -> torch.Tensor:
     logits = model.logits_of(h, E)
     if codes is not None:  # the seen bias, over the batch's codes only (not a positions x vocabulary buffer)
-        logits = logits.index_add(1, codes, flags * model.seen_bias[codes])
+        if buckets is None:
+            logits = logits.index_add(1, codes, flags * model.seen_bias[codes])
+        else:  # the novel bias of each position's stay bucket everywhere, swapped for the seen bias where held
+            nov = model.novel_bias[buckets]
+            logits = (logits + nov).index_add(1, codes, flags * (model.seen_bias[codes] - nov[:, codes]))
     return F.cross_entropy(logits, tg, reduction="sum")
 
 
@@ -233,13 +238,14 @@ def batch_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
     hs, tg = h[sel], batch.targets[sel]
     codes, flags = model.seen_codes_of(batch.tokens, batch.seen)
     fs = flags[sel] if flags is not None else None
+    bk = stay_bucket(batch.stay[sel]) if codes is not None and model.novel_bias is not None else None
     n = int(tg.numel())
     if n <= LOSS_CHUNK:
-        return _chunk_nll(model, hs, E, tg, codes, fs) / max(n, 1), n
+        return _chunk_nll(model, hs, E, tg, codes, fs, bk) / max(n, 1), n
     total = hs.new_zeros(())
     for a in range(0, n, LOSS_CHUNK):
-        part = (model, hs[a:a + LOSS_CHUNK], E, tg[a:a + LOSS_CHUNK], codes,
-                fs[a:a + LOSS_CHUNK] if fs is not None else None)
+        cut = lambda x: x[a:a + LOSS_CHUNK] if x is not None else None  # noqa: E731
+        part = (model, hs[a:a + LOSS_CHUNK], E, tg[a:a + LOSS_CHUNK], codes, cut(fs), cut(bk))
         total = total + (checkpoint(_chunk_nll, *part, use_reentrant=False) if torch.is_grad_enabled()
                          else _chunk_nll(*part))
     return total / n, n

@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "stay_clock": True,   # hours since the current ICU / hospital stay began as an input (clock.py)
     "seen_memory": True,  # the codes the record has held so far as an input (memory.py)
     "seen_bias": True,    # a learned logit offset per code once the record has held it (model.py)
+    "novel_bias": False,  # a learned logit offset per (stay-clock bucket, token) until the record holds it (model.py)
     "seen_embedding": "tied",  # the memory's code vectors: "tied" (the token embeddings) or "own" (a table of its own)
     # training
     "epochs": 2.0, "batch_rows": 16, "lr": 2e-3, "max_steps": None, "max_seconds": None, "seed": 0,
@@ -51,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
 }
 _INT_PARAMS = {"min_subjects", "max_codes", "n_value_bins", "d_model", "n_layers", "n_heads", "context", "batch_rows",
                "max_steps", "seed", "max_len", "threads", "kv_heads"}
+TASK_BATCHES = 64  # most batches' worth of prompts in one parallel sampling task (parallel.py)
 _STAY_KINDS = ("ICU", "hospital")  # display names, in the order of every (ICU, hospital) pair
 BIRTH_WINDOW = (np.datetime64("2050-01-01", "us"), np.datetime64("2150-01-01", "us"))
 
@@ -95,10 +97,12 @@ class TrajectoryGenerator:
         for k in _INT_PARAMS:
             if hp[k] is not None:
                 hp[k] = int(hp[k])
-        for k in ("hierarchy", "stay_clock", "seen_memory", "seen_bias", "require_stays"):
+        for k in ("hierarchy", "stay_clock", "seen_memory", "seen_bias", "novel_bias", "require_stays"):
             hp[k] = bool(hp[k]) if not isinstance(hp[k], str) else hp[k].lower() in ("1", "true", "yes")
         if hp["seen_bias"] and not hp["seen_memory"]:
             raise ConditioningError("seen_bias needs seen_memory (it reads the memory's seen-code flags)")
+        if hp["novel_bias"] and not hp["seen_bias"]:
+            raise ConditioningError("novel_bias needs seen_bias (it applies where the seen bias does not)")
         if hp["seen_embedding"] not in ("tied", "own"):
             raise ConditioningError(f"seen_embedding must be 'tied' or 'own', got {hp['seen_embedding']!r}")
         try:
@@ -173,7 +177,8 @@ class TrajectoryGenerator:
                                      h_tok=vocab.h_tok if use_h else None, h_node=vocab.h_node if use_h else None,
                                      dropout=hp["dropout"], stay_clock=hp["stay_clock"],
                                      seen_memory=hp["seen_memory"], kv_heads=hp["kv_heads"],
-                                     seen_embedding=hp["seen_embedding"], seen_bias=hp["seen_bias"])
+                                     seen_embedding=hp["seen_embedding"], seen_bias=hp["seen_bias"],
+                                     novel_bias=hp["novel_bias"])
 
     def _threads(self) -> None:
         if self.hyperparameters.get("threads"):
@@ -258,19 +263,23 @@ class TrajectoryGenerator:
     # ------------------------------------------------------------------ sampling
     def sample_tokens(self, prompts: list[np.ndarray], seed: int = 0, temperature: float = 1.0, top_p: float = 1.0,
                       batch_size: int = 64, max_len: int | None = None, use_mask: bool = True,
-                      on_record=None, min_prob: float = 0.0, workers: int = 1) -> list[np.ndarray] | None:
-        """Complete token prompts (sampler.generate).  workers > 1 samples in that many processes of one
-        thread each (parallel.py) once there is more than one task of 2 x batch_size prompts; each task has its
-        own seed, so the records are the same for any number of workers > 1 (and differ from workers = 1)."""
+                      on_record=None, min_prob: float = 0.0, workers: int = 1,
+                      record_ids: np.ndarray | None = None) -> list[np.ndarray] | None:
+        """Complete token prompts (sampler.generate).  Record i draws from the random stream (seed,
+        record_ids[i]) (default i), so the records are the same for any number of workers (up to the
+        rounding of batched kernels).  workers > 1 samples in that many processes of one thread each
+        (parallel.py) once there are more than 2 x batch_size prompts, in tasks of about n / workers
+        prompts (at most TASK_BATCHES batches, which bounds what a stream to disk holds in memory)."""
         self._check_fitted()
         workers = int(workers)
         if workers < 1:
             raise ConditioningError(f"workers must be >= 1, got {workers}")
         stats = SampleStats()
-        task_size = 2 * max(1, int(batch_size))
-        if workers > 1 and len(prompts) > task_size:
+        batch_size = max(1, int(batch_size))
+        if workers > 1 and len(prompts) > 2 * batch_size and record_ids is None:
             from synthehr.models.trajectory.parallel import sample_in_processes
 
+            task_size = min(max(2 * batch_size, -(-len(prompts) // workers)), TASK_BATCHES * batch_size)
             results: list = [None] * len(prompts)
             sink = on_record if on_record is not None else results.__setitem__
             sample_in_processes(self, prompts, workers=workers, seed=seed, task_size=task_size, on_record=sink,
@@ -281,7 +290,7 @@ class TrajectoryGenerator:
         self._threads()
         out = generate(self.model_, self.grammar(max_len), prompts, context=self.hyperparameters["context"],
                        temperature=temperature, top_p=top_p, min_prob=min_prob, batch_size=batch_size, seed=seed,
-                       use_mask=use_mask, on_record=on_record, stats=stats)
+                       use_mask=use_mask, on_record=on_record, stats=stats, record_ids=record_ids)
         self.last_sample_stats_ = stats
         return out
 

@@ -31,6 +31,7 @@ from synthehr.models.trajectory.memory import SeenInput, batch_seen_codes, windo
 
 N_POS_BUCKETS = 20    # log2 of the position in the record
 N_TIME_BUCKETS = 40   # half-octaves of the hours elapsed since the first event
+N_STAY_BUCKETS = N_TIME_BUCKETS + 1  # the novel bias's rows: no stay open, then half-octaves of the stay clock
 
 
 def pos_bucket(pos: torch.Tensor) -> torch.Tensor:
@@ -41,20 +42,30 @@ def time_bucket(hours: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.floor(2 * torch.log2(hours.double().clamp(min=0) + 1)).long(), 0, N_TIME_BUCKETS - 1)
 
 
+def stay_bucket(stay: torch.Tensor) -> torch.Tensor:
+    """(..., 2) stay clocks (hours since the open ICU / hospital stay began, -1 when closed) → (...) long:
+    0 when no stay is open, else 1 + the half-octave of the outermost open stay's clock (the larger one)."""
+    outer = stay.max(dim=-1).values
+    return torch.where(outer >= 0, 1 + time_bucket(outer), torch.zeros_like(outer, dtype=torch.long))
+
+
 class Rotary:
     def __init__(self, head_dim: int, base: float = 10000.0):
         self.inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
 
-    def cos_sin(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """pos (B, T) → cos, sin (B, 1, T, head_dim/2), float32 (angles in float64 for large positions)."""
+    def rotation(self, pos: torch.Tensor) -> torch.Tensor:
+        """pos (B, T) → unit complex rotations (B, T, 1, head_dim/2), complex64 (angles in float64 for
+        large positions)."""
         ang = pos.double().unsqueeze(-1) * self.inv_freq
-        return torch.cos(ang).float().unsqueeze(1), torch.sin(ang).float().unsqueeze(1)
+        return torch.polar(torch.ones_like(ang), ang).to(torch.complex64).unsqueeze(2)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2)
+def apply_rotary(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """x (B, T, heads, dh) with the pairs (x[2i], x[2i+1]) rotated by rot (B, T, 1, dh/2): one complex
+    multiply — the same arithmetic as x1 cos - x2 sin, x1 sin + x2 cos, about 5x faster than doing it on
+    the halves and stacking them (it runs for every layer at every sampling step)."""
+    B, T, n, dh = x.shape
+    return torch.view_as_real(torch.view_as_complex(x.reshape(B, T, n, dh // 2, 2)) * rot).flatten(-2)
 
 
 class Block(nn.Module):
@@ -75,31 +86,31 @@ class Block(nn.Module):
         self.fc2 = nn.Linear(4 * d, d)
         self.drop = nn.Dropout(dropout)
 
-    def _qkv(self, x, cos, sin):
+    def _qkv(self, x, rot):
         B, T, d = x.shape
         H, G, dh = self.n_heads, self.kv_heads, self.dh
         qkv = self.qkv(self.ln1(x))
-        q = qkv[..., :d].view(B, T, H, dh).transpose(1, 2)
-        k, v = qkv[..., d:].view(B, T, 2, G, dh).permute(2, 0, 3, 1, 4)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        qk = apply_rotary(qkv[..., :d + G * dh].view(B, T, H + G, dh), rot)  # queries and keys in one multiply
+        v = qkv[..., d + G * dh:].view(B, T, G, dh)
+        return qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), v.transpose(1, 2)
 
     def _rest(self, x, att):
         B, H, T, dh = att.shape
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, T, H * dh)))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
 
-    def forward(self, x, cos, sin, mask):
-        q, k, v = self._qkv(x, cos, sin)
+    def forward(self, x, rot, mask):
+        q, k, v = self._qkv(x, rot)
         if self.kv_heads != self.n_heads:
             r = self.n_heads // self.kv_heads
             k, v = k.repeat_interleave(r, dim=1), v.repeat_interleave(r, dim=1)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self._rest(x, att)
 
-    def step(self, x, cos, sin, cache_k, cache_v, slot, bias):
+    def step(self, x, rot, cache_k, cache_v, slot, bias):
         """x (B, 1, d); writes this token's key/value at `slot` (B,) then attends over the cache, with
         `bias` (B, 1, 1, S) = 0 on visible slots and -inf elsewhere."""
-        q, k, v = self._qkv(x, cos, sin)
+        q, k, v = self._qkv(x, rot)
         B, H, G, dh = x.shape[0], self.n_heads, self.kv_heads, self.dh
         # keys are cached transposed (B, G, dh, S) so q @ K^T reads them contiguously: through a strided
         # view the step took ~25% longer
@@ -108,8 +119,8 @@ class Block(nn.Module):
         cache_v[rows, :, slot] = v[:, :, 0]
         # one query per row: plain matmuls beat scaled_dot_product_attention's masked CPU path ~2x here,
         # and this step is bound by reading the cache; the query heads of a group share one matmul
-        qg = q.reshape(B, G, H // G, dh)
-        s = torch.matmul(qg, cache_k) * (dh ** -0.5) + bias
+        qg = q.reshape(B, G, H // G, dh) * (dh ** -0.5)  # scale the query, not the (B, H, S) scores
+        s = torch.matmul(qg, cache_k).add_(bias)
         att = torch.matmul(torch.softmax(s, dim=-1), cache_v)
         return self._rest(x, att.reshape(B, H, 1, self.dh))
 
@@ -149,7 +160,7 @@ class TrajectoryTransformer(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
                  n_nodes: int = 0, h_tok: np.ndarray | None = None, h_node: np.ndarray | None = None,
                  dropout: float = 0.0, stay_clock: bool = True, seen_memory: bool = True, kv_heads: int | None = None,
-                 seen_embedding: str = "tied", seen_bias: bool = False):
+                 seen_embedding: str = "tied", seen_bias: bool = False, novel_bias: bool = False):
         super().__init__()
         if d_model % n_heads or (d_model // n_heads) % 2:
             raise ValueError(f"d_model {d_model} must split into {n_heads} heads of even size")
@@ -196,6 +207,15 @@ class TrajectoryTransformer(nn.Module):
         if seen_bias and not seen_memory:
             raise ValueError("seen_bias needs seen_memory")
         self.seen_bias = nn.Parameter(torch.zeros(vocab_size)) if seen_bias else None
+        # novel_bias: a learned logit offset per (stay-clock bucket, token) for the tokens the record has NOT
+        # held yet — a hazard table for starting a code.  Why: in real ICU stays the codes a patient gets
+        # start early (90% of PhysioNet RespRate series within 2.6 h, MechVent within 12 h), and the
+        # network alone, which sees "late" and "not yet seen" only through one hidden vector, kept starting
+        # them at a steady rate, so late first occurrences inflated event probabilities (issue 6).  For
+        # tokens that are never "seen" (time gaps, value bins, [EOS]) it is a stay-time-dependent output bias.
+        if novel_bias and not seen_bias:
+            raise ValueError("novel_bias needs seen_bias")
+        self.novel_bias = nn.Parameter(torch.zeros(N_STAY_BUCKETS, vocab_size)) if novel_bias else None
         self._frozen_emb: torch.Tensor | None = None
 
     @staticmethod
@@ -244,9 +264,9 @@ class TrajectoryTransformer(nn.Module):
         if seen is not None and self.seen_proj is not None:
             x = x + self.seen_proj(window_memory(self.memory_matrix(E), tokens, seen))
         x = self.drop(x)
-        cos, sin = self.rotary.cos_sin(pos)
+        rot = self.rotary.rotation(pos)
         for b in self.blocks:
-            x = b(x, cos, sin, mask)
+            x = b(x, rot, mask)
         return self.ln_f(x), E
 
     def logits_of(self, h: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
@@ -257,8 +277,16 @@ class TrajectoryTransformer(nn.Module):
         logits = self.logits_of(h, E)
         if self.seen_bias is not None and seen is not None:  # dense over the vocabulary: for small inputs
             codes = torch.arange(self.vocab_size)
-            logits = logits + window_seen(tokens, seen, codes) * self.seen_bias
+            logits = self.seen_offsets(logits, window_seen(tokens, seen, codes), stay)
         return logits
+
+    def seen_offsets(self, logits: torch.Tensor, seen_flags: torch.Tensor, stay: torch.Tensor | None) -> torch.Tensor:
+        """Add the seen bias where a token has been held and, with the novel bias, the novel bias of the
+        row's stay-clock bucket where it has not.  logits (..., V), seen_flags (..., V) bool, stay (..., 2)."""
+        if self.novel_bias is None or stay is None:
+            # where() rather than flags * bias: one pass fewer over the (B, V) logits (2.0 vs 2.8 ms at 32k codes)
+            return torch.where(seen_flags, logits + self.seen_bias, logits)
+        return torch.where(seen_flags, logits + self.seen_bias, logits + self.novel_bias[stay_bucket(stay)])
 
     def seen_codes_of(self, tokens: torch.Tensor, seen: SeenInput | None):
         """For the chunked training loss: the batch's codes and their seen flags at every position
@@ -290,16 +318,15 @@ class TrajectoryTransformer(nn.Module):
         if memory is not None and self.seen_proj is not None:
             x = x + self.seen_proj(memory)
         x = x[:, None, :]
-        cos, sin = self.rotary.cos_sin(pos[:, None])
+        rot = self.rotary.rotation(pos[:, None])
         slot = cache.slot(pos)
         rows = torch.arange(tokens.shape[0])
         cache.written[rows, slot] = True
         cache.body_idx[rows, slot] = torch.clamp(pos - cache.prefix, min=0)
         bias = torch.zeros(cache.written.shape).masked_fill_(~cache.visible(pos), float("-inf"))[:, None, None, :]
         for b, ck, cv in zip(self.blocks, cache.k, cache.v):
-            x = b.step(x, cos, sin, ck, cv, slot, bias)
+            x = b.step(x, rot, ck, cv, slot, bias)
         logits = self.logits_of(self.ln_f(x[:, 0]), E)
         if self.seen_bias is not None and seen_flags is not None:
-            # where() rather than flags * bias: one pass fewer over the (B, V) logits (2.0 vs 2.8 ms at 32k codes)
-            logits = torch.where(seen_flags, logits + self.seen_bias, logits)
+            logits = self.seen_offsets(logits, seen_flags, stay)
         return logits

@@ -3,8 +3,10 @@
 A sampling step is bound by reading the KV cache (one small matmul per row, head and layer), which one
 core does at its own memory bandwidth; torch's intra-op threads barely help on such small matmuls, but
 separate processes each stream their own cache.  The prompts are cut into tasks of `task_size`
-consecutive prompts, each sampled with its own seed (derived from the run's seed and the task's index),
-so the records are the same for any number of workers > 1.  Workers load the model from a saved folder
+consecutive prompts; every record draws from its own random stream, keyed by the run's seed and its
+index in the run (sampler.record_uniforms), so the records do not depend on the number of workers or the
+task size.  Few large tasks beat many small ones: each task ends with a tail in which its batch drains
+and the per-step cost is spread over fewer and fewer rows.  Workers load the model from a saved folder
 (safetensors + JSON, the same verified loader as `TrajectoryGenerator.load`), and send back token arrays
 only; the caller receives the records in prompt order, one task at a time, so a stream to disk keeps
 its bounded memory.
@@ -25,10 +27,6 @@ from synthehr.models.trajectory.sampler import SampleStats
 _WORKER_GEN = None  # the model each worker process loads once
 
 
-def task_seed(seed: int, task: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(task)]).generate_state(1)[0])
-
-
 def _init_worker(model_dir: str) -> None:
     import torch
 
@@ -41,8 +39,9 @@ def _init_worker(model_dir: str) -> None:
 
 
 def _run_task(job: tuple) -> tuple[int, list[np.ndarray], SampleStats]:
-    task, prompts, seed, kwargs = job
-    out = _WORKER_GEN.sample_tokens(list(prompts), seed=seed, workers=1, **kwargs)
+    task, prompts, first, seed, kwargs = job
+    out = _WORKER_GEN.sample_tokens(list(prompts), seed=seed, workers=1,
+                                    record_ids=np.arange(first, first + len(prompts)), **kwargs)
     return task, out, _WORKER_GEN.last_sample_stats_
 
 
@@ -56,7 +55,7 @@ def sample_in_processes(gen, prompts: Sequence[np.ndarray], *, workers: int, see
     stats.processes = min(workers, len(starts))
     with tempfile.TemporaryDirectory(prefix="synthehr-traj-workers-") as tmp:
         gen.save(tmp)
-        jobs = ((t, prompts[a:a + task_size], task_seed(seed, t), kwargs) for t, a in enumerate(starts))
+        jobs = ((t, prompts[a:a + task_size], a, seed, kwargs) for t, a in enumerate(starts))
         ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
         with ProcessPoolExecutor(max_workers=stats.processes, mp_context=ctx,
                                  initializer=_init_worker, initargs=(tmp,)) as pool:

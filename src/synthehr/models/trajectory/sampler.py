@@ -68,8 +68,31 @@ class SampleStats:
                 "mean_tokens_per_record": float(np.mean(self.lengths)) if self.lengths else float("nan")}
 
 
-def _draw(weights: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One exact draw per row by inverting the cumulative weights (float64).
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser (uint64, wrapping arithmetic): a bijection that scatters nearby inputs."""
+    x = (x + _GOLDEN) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def record_uniforms(seed: int, records: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(n,) float64 uniforms in [0, 1), one per (record, token position), from a counter-based hash of
+    (seed, record, position).  Why: each record draws from a random stream of its own, so its tokens do not
+    depend on which other records share its batch, process or task — the same records for any number of
+    workers and any task size (up to the rounding of batched kernels)."""
+    with np.errstate(over="ignore"):
+        h = _mix64(np.full(len(records), np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF)))
+        h = _mix64(h ^ np.asarray(records, np.int64).astype(np.uint64))
+        h = _mix64(h ^ np.asarray(positions, np.int64).astype(np.uint64))
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _draw(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One exact draw per row by inverting the cumulative weights (float64) at the row's uniform u (B,).
 
     torch.multinomial takes ~8 ms for 64 rows x 4k tokens on this CPU and dominated sampling; a cumsum
     plus a binary search draws from the same distribution in a fraction of that.  A token of weight 0
@@ -77,8 +100,7 @@ def _draw(weights: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """
     cdf = torch.cumsum(weights.to(torch.float64), dim=-1)
     total = cdf[:, -1:]
-    u = torch.rand(weights.shape[0], 1, generator=gen, dtype=torch.float64) * total
-    idx = torch.searchsorted(cdf, u, right=True)[:, 0]
+    idx = torch.searchsorted(cdf, u[:, None] * total, right=True)[:, 0]
     # u can round up to the total: fall back to the last token with positive weight
     over = idx >= weights.shape[1]
     if bool(over.any()):
@@ -87,23 +109,27 @@ def _draw(weights: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return idx
 
 
-def _sample_rows(weights: torch.Tensor, top_p: float, gen: torch.Generator) -> torch.Tensor:
+def _sample_rows(weights: torch.Tensor, top_p: float, u: torch.Tensor) -> torch.Tensor:
     """One draw per row from non-negative (unnormalised) weights, nucleus-truncated when top_p < 1."""
     if top_p < 1.0:
         probs = weights / weights.sum(-1, keepdim=True)
         sp, si = torch.sort(probs, dim=-1, descending=True)
         keep = (torch.cumsum(sp, -1) - sp) < top_p  # always keeps the most likely token
-        choice = _draw(sp * keep, gen)
+        choice = _draw(sp * keep, u)
         return si.gather(1, choice[:, None])[:, 0]
-    return _draw(weights, gen)
+    return _draw(weights, u)
 
 
 @torch.no_grad()
 def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[np.ndarray], *, context: int,
              temperature: float = 1.0, top_p: float = 1.0, min_prob: float = 0.0, batch_size: int = 64, seed: int = 0,
              use_mask: bool = True, on_record: Callable[[int, np.ndarray], None] | None = None,
-             stats: SampleStats | None = None, roles: ClockRoles | None = None) -> list[np.ndarray] | None:
+             stats: SampleStats | None = None, roles: ClockRoles | None = None,
+             record_ids: Sequence[int] | None = None) -> list[np.ndarray] | None:
     """Complete every prompt (token ids; -1 = sample this position) into a record ending in [EOS].
+
+    Record i draws its tokens from the random stream (seed, record_ids[i]) (record_uniforms; default
+    record_ids: 0, 1, ...): a caller that splits one run into parts passes each part's global indices.
 
     `min_prob` > 0 drops every token whose probability (after temperature) is below it — epsilon
     sampling (Hewitt et al. 2022): a model smooths a little mass onto every token, and over a record of
@@ -123,7 +149,9 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
     model.eval()
     model.freeze_embeddings()
     max_len = grammar.max_len
-    gen = torch.Generator().manual_seed(int(seed))
+    rec_ids = np.arange(len(prompts), dtype=np.int64) if record_ids is None else np.asarray(record_ids, np.int64)
+    if rec_ids.shape != (len(prompts),):
+        raise ConditioningError(f"record_ids must hold one id per prompt ({len(prompts)}), got shape {rec_ids.shape}")
     bos = grammar.vocab.bos
     eos = grammar.vocab.eos
     prompts = [np.asarray(p, np.int64) for p in prompts]
@@ -138,6 +166,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
     cache = model.new_cache(B, PREFIX_LEN, context - PREFIX_LEN)
     state = grammar.initial(B)
     row_prompt = [-1] * B
+    row_rec = np.zeros(B, np.int64)  # each row's record id (its random stream)
     # tokens of each row's record so far: a preallocated buffer, so a step appends with one vectorised write
     buf = np.zeros((B, max_len + 1), np.int32)
     rlen = np.zeros(B, np.int64)
@@ -157,6 +186,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             active[r] = False
             return False
         row_prompt[r] = next_prompt
+        row_rec[r] = rec_ids[next_prompt]
         buf[r, 0] = bos
         rlen[r] = 1
         next_prompt += 1
@@ -186,6 +216,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
                 memory.keep_rows(keep)
             kl = keep.tolist()
             row_prompt = [row_prompt[i] for i in kl]
+            row_rec = row_rec[kl]
             buf, rlen = buf[kl], rlen[kl]
             active = np.ones(len(kl), bool)
             rows = torch.arange(len(kl))
@@ -212,7 +243,8 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         if samp.size:
             ts = torch.from_numpy(samp)
             whole = samp.size == nb
-            probs = torch.softmax((logits if whole else logits[ts]) / temperature, dim=-1)
+            lg = logits if whole else logits[ts]
+            probs = torch.softmax(lg / temperature if temperature != 1.0 else lg, dim=-1)
             if allowed is not None:
                 al = allowed.clone() if whole else allowed[ts]
                 if grammar.has_stay_limits:
@@ -241,7 +273,8 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
                     trunc[empty] = kept[empty]
                 stats.truncated_mass_sum += float((kept.sum(-1) - trunc.sum(-1)).sum())
                 kept = trunc
-            nxt[ts] = _sample_rows(kept, top_p, gen)
+            u = torch.from_numpy(record_uniforms(seed, row_rec[samp], rlen[samp]))
+            nxt[ts] = _sample_rows(kept, top_p, u)
             stats.sampled_tokens += int(samp.size)
         if use_mask:
             fr = np.flatnonzero(forced >= 0)
