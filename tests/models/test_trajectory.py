@@ -49,11 +49,14 @@ def demo_vocab(demo_events, demo_meds):
 
 @pytest.fixture(scope="module")
 def markov_model():
-    # 600 chains x 25 epochs (not 300 x 50): the same compute, half the estimation noise, so the
-    # calibration check holds across training seeds (max deviation 0.035-0.041 for seeds 0-2) and one
-    # thread makes the fit independent of the test order
+    # 600 chains x 25 epochs (not 300 x 50): the same compute, half the estimation noise; one thread makes
+    # the fit independent of the test order.  This checks the sampler's calibration given a model that
+    # learned the chain, and some training seeds do not learn it at this budget, whatever the settings:
+    # max deviation with 2 layers and the defaults (one key/value head, novel bias) 0.038 / 0.29 / 0.039 for
+    # seeds 0 / 1 / 2, and 0.27 for seed 1 with the earlier defaults (4 key/value heads, no novel bias); with
+    # 1 layer the defaults gave 0.16 / 0.05 / 0.19.  So the seed is pinned to one that trains.
     ev = markov_events(600, P, np.full(4, 0.25), 0.1, seed=0)
-    gen = TrajectoryGenerator(d_model=64, n_layers=1, n_heads=2, context=48, epochs=25, batch_rows=8, lr=3e-3,
+    gen = TrajectoryGenerator(d_model=64, n_layers=2, n_heads=2, context=48, epochs=25, batch_rows=8, lr=3e-3,
                               max_len=300, seed=0, threads=1)
     return gen.fit(ev)
 

@@ -245,7 +245,7 @@ def run_dataset(args) -> list[Path]:
         + "; required stays (a record may not end or die before opening one; every training record holds one): "
         + (required or "none"),
         f"CPU threads: torch {gen.hyperparameters.get('threads') or 'default'}; sampling in {sinfo['processes']} "
-        f"process(es) (--sample-workers {args.sample_workers}; one task of 2 x batch size runs in one); shared machine, timings are indicative",
+        f"process(es) (--sample-workers {args.sample_workers}; the prompts split into about one task per process); shared machine, timings are indicative",
     ]
     out = write_results(SUITE, dataset, rows, args.out, notes=notes)
     (work / "fit_info.json").write_text(json.dumps(info, indent=2, default=str))
@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--n-heads", type=int, default=4)
-    ap.add_argument("--kv-heads", type=int, help="key/value heads shared by the query heads (default: one each)")
+    ap.add_argument("--kv-heads", type=int, default=1,
+                    help="key/value heads shared by the query heads (default 1; 0: one per query head)")
     ap.add_argument("--no-seen-memory", dest="seen_memory", action="store_false",
                     help="train without the seen-codes memory (an ablation)")
     ap.add_argument("--seen-embedding", choices=["tied", "own"], default="tied",
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seen-bias", action=argparse.BooleanOptionalAction, default=True,
                     help="a learned logit offset per code once the record has held that code (default on; "
                          "--no-seen-bias for the model without it)")
-    ap.add_argument("--novel-bias", action=argparse.BooleanOptionalAction, default=False,
+    ap.add_argument("--novel-bias", action=argparse.BooleanOptionalAction, default=True,
                     help="a learned logit offset per (stay-clock bucket, token) until the record holds that token "
                          "(needs the seen bias)")
     ap.add_argument("--context", type=int, default=256)
@@ -425,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help="folder for models, corpora and synthetic data (default: a temp folder)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
+    args.kv_heads = args.kv_heads or None  # 0: one key/value head per query head
     import torch
 
     torch.set_num_threads(args.threads)
