@@ -354,7 +354,7 @@ def run_scale(args) -> list[Path]:
              f"tokenisation to an on-disk store over all patients, {args.scale_steps} training steps "
              f"({args.batch_rows} rows x {args.context} tokens), then {args.scale_generate:,} patients generated "
              f"(batch {args.batch_size}, cap {args.max_len or 4096} tokens) streamed to MEDS shards",
-             f"model: d_model {args.d_model}, {args.n_layers} layers, {args.n_heads} heads, context {args.context}, "
+             f"model: d_model {args.d_model}, {args.n_layers} layers, {args.n_heads} heads ({args.kv_heads or args.n_heads} key/value), context {args.context}, "
              f"seen bias {'on' if args.seen_bias else 'off'}; novel bias {'on' if args.novel_bias else 'off'}; torch threads {args.threads}; shared 2-core CPU, timings are indicative",
              "the scale model is trained for a fixed number of steps only: these rows measure cost, not fidelity",
              "peak_rss_mb: the process's peak resident set (ru_maxrss), file pages the OS mapped in included; "
