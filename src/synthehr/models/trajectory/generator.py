@@ -277,15 +277,15 @@ class TrajectoryGenerator:
             raise ConditioningError(f"workers must be >= 1, got {workers}")
         stats = SampleStats()
         batch_size = max(1, int(batch_size))
-        if workers > 1 and len(prompts) > 2 * batch_size and record_ids is None:
+        if workers > 1 and len(prompts) > 2 * batch_size:
             from synthehr.models.trajectory.parallel import sample_in_processes
 
             task_size = min(max(2 * batch_size, -(-len(prompts) // workers)), TASK_BATCHES * batch_size)
             results: list = [None] * len(prompts)
             sink = on_record if on_record is not None else results.__setitem__
             sample_in_processes(self, prompts, workers=workers, seed=seed, task_size=task_size, on_record=sink,
-                                stats=stats, temperature=temperature, top_p=top_p, batch_size=batch_size,
-                                max_len=max_len, use_mask=use_mask, min_prob=min_prob)
+                                stats=stats, record_ids=record_ids, temperature=temperature, top_p=top_p,
+                                batch_size=batch_size, max_len=max_len, use_mask=use_mask, min_prob=min_prob)
             self.last_sample_stats_ = stats
             return results if on_record is None else None
         self._threads()
@@ -481,9 +481,8 @@ class TrajectoryGenerator:
         if config["model_type"] != MODEL_TYPE:
             raise ModelFileError(f"{path}: holds a {config['model_type']!r} model, not {MODEL_TYPE!r}")
         try:
-            # models saved before the stay clock, the seen-codes memory or the seen bias existed were built
-            # without them
-            # a model saved before a feature existed was built without it: default those features off
+            # a model saved before a feature existed (the stay clock, the seen-codes memory, the seen and novel
+            # biases, shared key/value heads) was built without it: default those features off
             gen = cls(**{"stay_clock": False, "seen_memory": False, "seen_bias": False, "novel_bias": False,
                          "kv_heads": None, **config["hyperparameters"]})
             vocab = Vocabulary.from_state({k: v for k, v in tensors.items() if k.startswith("vocab.")},

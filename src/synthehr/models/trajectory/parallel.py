@@ -39,23 +39,25 @@ def _init_worker(model_dir: str) -> None:
 
 
 def _run_task(job: tuple) -> tuple[int, list[np.ndarray], SampleStats]:
-    task, prompts, first, seed, kwargs = job
-    out = _WORKER_GEN.sample_tokens(list(prompts), seed=seed, workers=1,
-                                    record_ids=np.arange(first, first + len(prompts)), **kwargs)
+    task, prompts, ids, seed, kwargs = job
+    out = _WORKER_GEN.sample_tokens(list(prompts), seed=seed, workers=1, record_ids=ids, **kwargs)
     return task, out, _WORKER_GEN.last_sample_stats_
 
 
 def sample_in_processes(gen, prompts: Sequence[np.ndarray], *, workers: int, seed: int, task_size: int,
-                        on_record: Callable[[int, np.ndarray], None], stats: SampleStats, **kwargs) -> None:
+                        on_record: Callable[[int, np.ndarray], None], stats: SampleStats,
+                        record_ids: np.ndarray | None = None, **kwargs) -> None:
     """Sample every prompt with `gen` in `workers` processes; `on_record(index, tokens)` gets each record,
-    in prompt order.  `stats` receives the summed counts and the wall time of the whole run."""
+    in prompt order.  `stats` receives the summed counts and the wall time of the whole run.  Prompt i
+    draws from the random stream (seed, record_ids[i]) (default i)."""
     n = len(prompts)
+    record_ids = np.arange(n, dtype=np.int64) if record_ids is None else np.asarray(record_ids, np.int64)
     starts = list(range(0, n, task_size))
     t0 = time.perf_counter()
     stats.processes = min(workers, len(starts))
     with tempfile.TemporaryDirectory(prefix="synthehr-traj-workers-") as tmp:
         gen.save(tmp)
-        jobs = ((t, prompts[a:a + task_size], a, seed, kwargs) for t, a in enumerate(starts))
+        jobs = ((t, prompts[a:a + task_size], record_ids[a:a + task_size], seed, kwargs) for t, a in enumerate(starts))
         ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads
         with ProcessPoolExecutor(max_workers=stats.processes, mp_context=ctx,
                                  initializer=_init_worker, initargs=(tmp,)) as pool:

@@ -165,8 +165,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
     B = max(1, min(batch_size, len(prompts)))
     cache = model.new_cache(B, PREFIX_LEN, context - PREFIX_LEN)
     state = grammar.initial(B)
-    row_prompt = [-1] * B
-    row_rec = np.zeros(B, np.int64)  # each row's record id (its random stream)
+    row_prompt = np.full(B, -1, np.int64)  # each row's prompt index (rec_ids[row_prompt]: its random stream)
     # tokens of each row's record so far: a preallocated buffer, so a step appends with one vectorised write
     buf = np.zeros((B, max_len + 1), np.int32)
     rlen = np.zeros(B, np.int64)
@@ -186,7 +185,6 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             active[r] = False
             return False
         row_prompt[r] = next_prompt
-        row_rec[r] = rec_ids[next_prompt]
         buf[r, 0] = bos
         rlen[r] = 1
         next_prompt += 1
@@ -215,8 +213,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             if memory is not None:
                 memory.keep_rows(keep)
             kl = keep.tolist()
-            row_prompt = [row_prompt[i] for i in kl]
-            row_rec = row_rec[kl]
+            row_prompt = row_prompt[kl]
             buf, rlen = buf[kl], rlen[kl]
             active = np.ones(len(kl), bool)
             rows = torch.arange(len(kl))
@@ -257,8 +254,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
                 removed = 1.0 - ksum
                 tiny = ksum < 1e-30
                 if bool(tiny.any()):  # every allowed token underflowed: renormalise over them in log space
-                    lg = (logits if whole else logits[ts])[tiny] / temperature
-                    kept[tiny] = torch.softmax(lg.masked_fill(~al[tiny], float("-inf")), dim=-1)
+                    kept[tiny] = torch.softmax((lg[tiny] / temperature).masked_fill(~al[tiny], float("-inf")), dim=-1)
                 stats.removed_mass_sum += float(removed.sum())
                 stats.removed_mass_max = max(stats.removed_mass_max, float(removed.max()))
                 stats.masked_steps += int((removed > 1e-6).sum())
@@ -273,7 +269,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
                     trunc[empty] = kept[empty]
                 stats.truncated_mass_sum += float((kept.sum(-1) - trunc.sum(-1)).sum())
                 kept = trunc
-            u = torch.from_numpy(record_uniforms(seed, row_rec[samp], rlen[samp]))
+            u = torch.from_numpy(record_uniforms(seed, rec_ids[row_prompt[samp]], rlen[samp]))
             nxt[ts] = _sample_rows(kept, top_p, u)
             stats.sampled_tokens += int(samp.size)
         if use_mask:
@@ -303,9 +299,9 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             if bool(state.forced[r]):
                 stats.closed_by_length_cap += 1
             if on_record is None:
-                results[row_prompt[r]] = seq
+                results[int(row_prompt[r])] = seq
             else:
-                on_record(row_prompt[r], seq)
+                on_record(int(row_prompt[r]), seq)
             start_row(r)
     stats.seconds += time.perf_counter() - t0
     return results if on_record is None else None
