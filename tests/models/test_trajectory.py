@@ -431,7 +431,12 @@ def test_markov_chain_transitions_are_reproduced(markov_model):
     assert C.sum() > 1500
     assert np.abs(C / C.sum(1, keepdims=True) - P).max() < 0.1
     lengths = s.filter(pl.col("code").str.starts_with("MC//")).group_by("subject_id").len()["len"].to_numpy()
-    assert abs(lengths.mean() - 10.0) < 1.5  # p_end = 0.1 → mean 10 events
+    # against the training chains (p_end = 0.1: mean 10 events; this draw of 600 has 8.9), within 3 standard
+    # errors of the difference of two means
+    real = markov_events(600, P, np.full(4, 0.25), 0.1, seed=0)
+    rl = real.filter(pl.col("code").str.starts_with("MC//")).group_by("subject_id").len()["len"].to_numpy()
+    se = np.sqrt(lengths.var() / lengths.size + rl.var() / rl.size)
+    assert abs(lengths.mean() - rl.mean()) < 3 * se
     assert markov_model.last_sample_stats_.as_dict()["mask_removed_mass_mean"] < 0.05
 
 
@@ -533,16 +538,21 @@ def test_prompts_demographic_and_history(markov_model):
         markov_model.condition({"race": "MARTIAN"})
 
 
-@pytest.mark.parametrize("kv_heads,seen_embedding,seen_bias,novel_bias",
-                         [(None, "tied", False, False), (1, "tied", False, False), (None, "own", False, False),
-                          (None, "tied", True, False), (None, "tied", True, True)])
-def test_kv_cache_steps_match_the_full_forward(kv_heads, seen_embedding, seen_bias, novel_bias):
+@pytest.mark.parametrize("kv_heads,seen_embedding,seen_bias,novel_bias,length_budget",
+                         [(None, "tied", False, False, False), (1, "tied", False, False, False),
+                          (None, "own", False, False, False), (None, "tied", True, False, False),
+                          (None, "tied", True, True, False), (1, "tied", True, True, True)])
+def test_kv_cache_steps_match_the_full_forward(kv_heads, seen_embedding, seen_bias, novel_bias, length_budget):
     """Cached one-token steps (ring cache, running clocks and seen-codes memory) give the full forward's
     logits under the windowed mask, with one key/value head per query head or one shared by all, and with
     the memory summing the tied embeddings or a table of its own."""
     torch.manual_seed(0)
     m = TrajectoryTransformer(50, d_model=32, n_layers=2, n_heads=2, kv_heads=kv_heads,
-                              seen_embedding=seen_embedding, seen_bias=seen_bias, novel_bias=novel_bias).eval()
+                              seen_embedding=seen_embedding, seen_bias=seen_bias, novel_bias=novel_bias,
+                              length_budget=length_budget).eval()
+    if length_budget:  # rows far apart, so a wrong count would show
+        with torch.no_grad():
+            m.left_emb.weight.normal_(0, 1.0)
     if seen_bias:
         with torch.no_grad():
             m.seen_bias.normal_(0, 1.0)
@@ -562,10 +572,12 @@ def test_kv_cache_steps_match_the_full_forward(kv_heads, seen_embedding, seen_bi
     memory = RunningMemory(code_like, 2, 32)
     E = m.memory_matrix(m.embedding_matrix()).detach()
     steps = []
+    # tokens left after each position: two record lengths, one running out before the window ends ("end now")
+    left = (torch.tensor([[T + 7], [T - 20]]) - 1 - torch.arange(T)) if length_budget else None
     for t in range(T):
         memory.advance(seq[:, t], E)
         steps.append(m.step(seq[:, t], torch.full((2,), t), cache, hours[:, t], stay[:, t], memory.vector(),
-                            memory.seen))
+                            memory.seen, left[:, t] if left is not None else None))
     steps = torch.stack(steps, 1)
     first = torch.stack([torch.from_numpy(first_occurrences(r.numpy(), np.array([0, T]), code_like) > 0) for r in seq])
     seen = SeenInput(first, torch.zeros(2, T, dtype=torch.long), torch.zeros(0, dtype=torch.long),
@@ -579,7 +591,10 @@ def test_kv_cache_steps_match_the_full_forward(kv_heads, seen_embedding, seen_bi
         for k in range(q + 1):
             mask[q, k] = k < prefix or (k - prefix) >= start
     with torch.no_grad():
-        full = m(seq, torch.arange(T).expand(2, T), mask[None, None], hours=hours, stay=stay, seen=seen)
+        full = m(seq, torch.arange(T).expand(2, T), mask[None, None], hours=hours, stay=stay, seen=seen, left=left)
+    if length_budget:
+        with pytest.raises(ValueError, match="length budget"):
+            m(seq, torch.arange(T).expand(2, T), mask[None, None], hours=hours, stay=stay, seen=seen)
     assert torch.allclose(steps, full, atol=1e-5)
     # the visible span never exceeds what a training window of `window` timeline tokens holds
     assert int(mask[prefix:, prefix:].sum(1).max()) <= window - 1
@@ -754,6 +769,22 @@ def test_chunked_checkpointed_loss_equals_the_whole_loss(demo_events, demo_vocab
     seen_only = TrajectoryTransformer(len(demo_vocab), d_model=32, n_layers=1, n_heads=2, seen_bias=True)
     seen_only.load_state_dict({k: v for k, v in nm.state_dict().items() if k != "novel_bias"})
     assert abs(float(D.batch_loss(seen_only, batch)[0].detach()) - float(loss.detach())) > 1e-3
+    # the length budget: pack counts down each record's tokens left, and the loss reads them
+    lens = np.diff(enc.offsets)
+    i0 = int(windows[0, 0])
+    assert int(batch.left[0, 0]) == lens[i0] - 1  # [BOS] of the first record: all but itself left
+    real = batch.targets >= 0
+    assert int(batch.left[real].min()) >= 1
+    torch.manual_seed(0)
+    lb = TrajectoryTransformer(len(demo_vocab), d_model=32, n_layers=1, n_heads=2, length_budget=True)
+    with torch.no_grad():
+        lb.left_emb.weight.normal_(0, 1.0)
+    loss, n = D.batch_loss(lb, batch)
+    with torch.no_grad():
+        full = lb(batch.tokens, batch.pos, batch.mask, batch.rec_pos, batch.hours, batch.stay, batch.seen, batch.left)
+    assert abs(float(loss.detach()) - float(torch.nn.functional.cross_entropy(full[sel], batch.targets[sel]))) < 1e-5
+    shifted = D.Batch(**{**batch.__dict__, "left": batch.left // 16})
+    assert abs(float(D.batch_loss(lb, shifted)[0].detach()) - float(loss.detach())) > 1e-3  # the budget enters the loss
     store.close()
 
 
@@ -772,3 +803,65 @@ def test_record_uniforms_are_uniform_and_independent_across_records_and_position
     # a function of (seed, record, position) only; another seed gives other numbers
     assert np.array_equal(record_uniforms(7, rec[3], pos[3]), u[3])
     assert np.abs(record_uniforms(8, rec.ravel(), pos.ravel()) - u.ravel()).mean() > 0.2
+
+
+def test_record_lengths_follow_the_training_quantiles():
+    from scipy import stats as st
+
+    from synthehr.models.trajectory.sampler import draw_record_lengths
+
+    real = np.random.default_rng(0).lognormal(6, 0.8, 5000).astype(np.int64) + 6
+    q = np.quantile(real, np.linspace(0, 1, 101))
+    n = 4000
+    d = draw_record_lengths(q, 3, np.arange(n), np.full(n, 2))
+    assert d.min() >= real.min() and d.max() <= real.max()
+    assert st.ks_2samp(d, real).statistic < 0.03
+    # a record's draw depends on (seed, record) only; another seed gives others
+    assert np.array_equal(draw_record_lengths(q, 3, np.arange(10, 20), np.full(10, 2)), d[10:20])
+    assert (draw_record_lengths(q, 4, np.arange(n), np.full(n, 2)) != d).mean() > 0.9
+    # a floor: the continuation of a history draws from the distribution above it
+    floor = int(np.median(real))
+    up = draw_record_lengths(q, 3, np.arange(n), np.full(n, floor))
+    assert up.min() >= floor
+    assert st.ks_2samp(up, real[real >= floor]).statistic < 0.04
+    # past the longest training record: the floor itself
+    assert (draw_record_lengths(q, 3, np.arange(5), np.full(5, real.max() + 10)) == real.max() + 10).all()
+
+
+def test_length_budget_is_followed_and_models_without_it_still_load(markov_model, tmp_path):
+    """The trained Markov model ends its records where their drawn length budget says (the grammar still
+    decides when a record may end); a model saved before the budget existed loads and samples without it."""
+    from synthehr.models.trajectory.sampler import draw_record_lengths
+
+    n = 200
+    seqs = markov_model.sample_tokens([np.array([markov_model.vocab_.bos])] * n, seed=5)
+    want = draw_record_lengths(markov_model.info_["record_tokens"]["quantiles"], 5, np.arange(n), np.full(n, 2))
+    got = np.array([len(x) for x in seqs])
+    assert np.median(np.abs(got - want)) <= 1 and np.corrcoef(got, want)[0, 1] > 0.95
+    with pytest.raises(ConditioningError, match="length budget"):
+        generate(markov_model.model_, markov_model.grammar(), [np.array([markov_model.vocab_.bos])], context=48)
+    # a model saved before the budget: no `length_budget` hyper-parameter, no left_emb weights, no quantiles
+    from safetensors.numpy import load_file
+
+    from synthehr.models.base import _sha256
+
+    old = TrajectoryGenerator(d_model=16, n_layers=1, n_heads=2, context=48, epochs=1, max_len=300, seed=0,
+                              threads=1, length_budget=False).fit(markov_events(40, P, np.full(4, 0.25), 0.1, seed=1))
+    path = old.save(tmp_path / "old")
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["hyperparameters"]["length_budget"]
+    del cfg["state"]["info"]["record_tokens"]["quantiles"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    assert not any("left_emb" in k for k in load_file(str(path / "weights.safetensors")))
+    (path / "manifest.json").write_text(json.dumps({f: _sha256(path / f) for f in ("config.json", "weights.safetensors")}))
+    back = TrajectoryGenerator.load(path)
+    assert back.hyperparameters["length_budget"] is False and back.model_.left_emb is None
+    assert back.sample(5, seed=0).equals(old.sample(5, seed=0))
+    # a budget model whose config lost the quantiles is refused with the field named
+    path = markov_model.save(tmp_path / "new")
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["state"]["info"]["record_tokens"]["quantiles"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    (path / "manifest.json").write_text(json.dumps({f: _sha256(path / f) for f in ("config.json", "weights.safetensors")}))
+    with pytest.raises(ModelFileError, match="quantiles"):
+        TrajectoryGenerator.load(path)

@@ -75,7 +75,8 @@ def run_dataset(args) -> list[Path]:
     root, dataset = _meds_root(args, work)
     hp = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "kv_heads": args.kv_heads,
           "seen_memory": args.seen_memory, "seen_embedding": args.seen_embedding,
-          "seen_bias": args.seen_bias, "novel_bias": args.novel_bias, "context": args.context,
+          "seen_bias": args.seen_bias, "novel_bias": args.novel_bias, "length_budget": args.length_budget,
+          "context": args.context,
           "epochs": args.epochs, "max_seconds": args.max_seconds, "batch_rows": args.batch_rows, "lr": args.lr,
           "min_subjects": args.min_subjects, "threads": args.threads, "seed": args.seed, "max_len": args.max_len,
           "stay_cap": args.stay_cap, "require_stays": args.require_stays}
@@ -210,7 +211,10 @@ def run_dataset(args) -> list[Path]:
     limits, required = gen.stay_rules_text()
     reasons = rv.filter(~pl.col("valid")).group_by("reason").len().sort("len", descending=True)
     notes = [
-        f"model: {json.dumps({k: gen.hyperparameters.get(k) for k in ('d_model', 'n_layers', 'n_heads', 'kv_heads', 'context', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'stay_clock', 'seen_memory', 'seen_bias', 'novel_bias', 'seen_embedding', 'stay_cap', 'require_stays', 'threads')})}",
+        f"model: {json.dumps({k: gen.hyperparameters.get(k) for k in ('d_model', 'n_layers', 'n_heads', 'kv_heads', 'context', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'stay_clock', 'seen_memory', 'seen_bias', 'novel_bias', 'length_budget', 'seen_embedding', 'stay_cap', 'require_stays', 'threads')})}",
+        *(["length budget: each synthetic record's length is drawn from the training lengths' percentiles and counted "
+           "down as an input; the NLL rows score real records given their true lengths, so they do not compare with "
+           "models without the budget"] if gen.hyperparameters.get("length_budget") else []),
         f"vocabulary {info['vocab']['vocab_size']:,} tokens: {info['vocab']['n_codes_kept']:,} of "
         f"{info['vocab']['n_codes_seen']:,} codes kept (seen in >= {info['vocab']['min_subjects']} training "
         f"subjects, {100 * info['vocab']['event_coverage']:.1f}% of events), {info['vocab']['n_value_codes']:,} "
@@ -281,7 +285,8 @@ from synthehr.models.trajectory import TrajectoryGenerator
 g = TrajectoryGenerator(d_model=args["d_model"], n_layers=args["n_layers"], n_heads=args["n_heads"], kv_heads=args["kv_heads"],
                         context=args["context"], max_steps=args["steps"], batch_rows=args["batch_rows"],
                         epochs=1000, threads=args["threads"], max_len=args["max_len"], min_subjects=2,
-                        seen_bias=args["seen_bias"], novel_bias=args["novel_bias"])
+                        seen_bias=args["seen_bias"], novel_bias=args["novel_bias"],
+                        length_budget=args["length_budget"])
 t0 = time.perf_counter()
 g.fit(args["corpus"], work_dir=args["work"])
 fit = time.perf_counter() - t0
@@ -321,7 +326,8 @@ def run_scale(args) -> list[Path]:
                       "d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "kv_heads": args.kv_heads,
                       "context": args.context, "steps": args.scale_steps, "batch_rows": args.batch_rows,
                       "n_generate": args.scale_generate, "batch_size": args.batch_size, "max_len": args.max_len or 4096,
-                      "seen_bias": args.seen_bias, "novel_bias": args.novel_bias}
+                      "seen_bias": args.seen_bias, "novel_bias": args.novel_bias,
+                      "length_budget": args.length_budget}
         t0 = time.perf_counter()
         res = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(child_args)], capture_output=True, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
@@ -355,7 +361,7 @@ def run_scale(args) -> list[Path]:
              f"({args.batch_rows} rows x {args.context} tokens), then {args.scale_generate:,} patients generated "
              f"(batch {args.batch_size}, cap {args.max_len or 4096} tokens) streamed to MEDS shards",
              f"model: d_model {args.d_model}, {args.n_layers} layers, {args.n_heads} heads ({args.kv_heads or args.n_heads} key/value), context {args.context}, "
-             f"seen bias {'on' if args.seen_bias else 'off'}; novel bias {'on' if args.novel_bias else 'off'}; torch threads {args.threads}; shared 2-core CPU, timings are indicative",
+             f"seen bias {'on' if args.seen_bias else 'off'}; novel bias {'on' if args.novel_bias else 'off'}; length budget {'on' if args.length_budget else 'off'}; torch threads {args.threads}; shared 2-core CPU, timings are indicative",
              "the scale model is trained for a fixed number of steps only: these rows measure cost, not fidelity",
              "peak_rss_mb: the process's peak resident set (ru_maxrss), file pages the OS mapped in included; "
              "peak_anon_rss_mb: peak anonymous memory (heap and tensors, RssAnon polled every 20 ms); *_fit_*: "
@@ -398,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--novel-bias", action=argparse.BooleanOptionalAction, default=True,
                     help="a learned logit offset per (stay-clock bucket, token) until the record holds that token "
                          "(needs the seen bias)")
+    ap.add_argument("--length-budget", action=argparse.BooleanOptionalAction, default=True,
+                    help="draw each record's length from the training lengths first and give the model the tokens "
+                         "it has left at every step (default on)")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--max-seconds", type=float, help="training time budget")

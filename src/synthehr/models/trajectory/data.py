@@ -143,6 +143,7 @@ class Batch:
     targets: torch.Tensor  # (B, R) long, -100 = no loss
     n_tokens: int          # real (non-pad) input tokens
     seen: SeenInput | None = None  # what the seen-codes memory needs (memory.py)
+    left: torch.Tensor | None = None  # (B, R) long: tokens each input token's record holds after it (length budget)
 
 
 def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: np.random.Generator | None = None,
@@ -156,6 +157,7 @@ def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: n
     tok = np.zeros((rows, R), np.int64)
     pos = np.zeros((rows, R), np.int64)
     rpos = np.zeros((rows, R), np.int64)
+    left = np.ones((rows, R), np.int64)
     hrs = np.zeros((rows, R), np.float32)
     sty = np.full((rows, R, 2), -1.0, np.float32)
     doc = np.zeros((rows, R), np.int64)
@@ -186,6 +188,7 @@ def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: n
         tok[r, sl] = seq[:-1]
         pos[r, sl] = p[:-1]
         rpos[r, sl] = true_p[:-1]
+        left[r, sl] = n - 1 - true_p[:-1]
         hrs[r, sl] = hr[:-1]
         sty[r, sl] = st[:-1]
         doc[r, sl] = ndoc
@@ -211,7 +214,7 @@ def pack(store: TokenStore, windows: np.ndarray, context: int, rows: int, rng: n
     cat = lambda parts: torch.from_numpy(np.concatenate(parts) if parts else np.zeros(0, np.int64))  # noqa: E731
     seen = SeenInput(torch.from_numpy(first), torch.from_numpy(begin), cat(base_pos), cat(base_tok))
     return Batch(torch.from_numpy(tok), torch.from_numpy(pos), torch.from_numpy(rpos), torch.from_numpy(hrs),
-                 torch.from_numpy(sty), mask[:, None], torch.from_numpy(tgt), int((doc > 0).sum()), seen), used
+                 torch.from_numpy(sty), mask[:, None], torch.from_numpy(tgt), int((doc > 0).sum()), seen, torch.from_numpy(left)), used
 
 
 LOSS_CHUNK = 1024  # target positions per logits block: caps the (positions x vocabulary) buffers
@@ -233,7 +236,8 @@ def batch_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
     """Mean next-token NLL of the batch's targets.  The logits are computed LOSS_CHUNK positions at a
     time and recomputed in the backward pass (activation checkpointing), so at ~32,000 event types the
     largest buffer is one chunk's logits, not every position's (16 x 256 x 32k floats = 0.5 GB)."""
-    h, E = model.hidden(batch.tokens, batch.pos, batch.mask, batch.rec_pos, batch.hours, batch.stay, batch.seen)
+    h, E = model.hidden(batch.tokens, batch.pos, batch.mask, batch.rec_pos, batch.hours, batch.stay, batch.seen,
+                        batch.left)
     sel = batch.targets >= 0
     hs, tg = h[sel], batch.targets[sel]
     codes, flags = model.seen_codes_of(batch.tokens, batch.seen)

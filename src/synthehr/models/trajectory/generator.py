@@ -26,7 +26,7 @@ from synthehr.models.trajectory.clock import ClockRoles, record_clocks, records_
 from synthehr.models.trajectory.data import TokenStore, evaluate_loss, train
 from synthehr.models.trajectory.grammar import Grammar
 from synthehr.models.trajectory.model import TrajectoryTransformer
-from synthehr.models.trajectory.sampler import SampleStats, generate
+from synthehr.models.trajectory.sampler import SampleStats, draw_record_lengths, generate
 from synthehr.models.trajectory.tokenizer import PREFIX_LEN, Encoded, Tokenizer, normalize_events
 from synthehr.models.trajectory.vocab import AGE_BUCKETS, Vocabulary, build_vocabulary
 
@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "seen_memory": True,  # the codes the record has held so far as an input (memory.py)
     "seen_bias": True,    # a learned logit offset per code once the record has held it (model.py)
     "novel_bias": True,   # a learned logit offset per (stay-clock bucket, token) until the record holds it (model.py)
+    "length_budget": True,  # each record's length drawn from the training lengths first, counted down as an input
     "seen_embedding": "tied",  # the memory's code vectors: "tied" (the token embeddings) or "own" (a table of its own)
     # training
     "epochs": 2.0, "batch_rows": 16, "lr": 2e-3, "max_steps": None, "max_seconds": None, "seed": 0,
@@ -53,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
 }
 _INT_PARAMS = {"min_subjects", "max_codes", "n_value_bins", "d_model", "n_layers", "n_heads", "context", "batch_rows",
                "max_steps", "seed", "max_len", "threads", "kv_heads"}
+LENGTH_QUANTILES = 101  # training record lengths kept for the length budget: percentiles, not the lengths
 TASK_BATCHES = 64  # most batches' worth of prompts in one parallel sampling task (parallel.py)
 _STAY_KINDS = ("ICU", "hospital")  # display names, in the order of every (ICU, hospital) pair
 BIRTH_WINDOW = (np.datetime64("2050-01-01", "us"), np.datetime64("2150-01-01", "us"))
@@ -98,7 +100,8 @@ class TrajectoryGenerator:
         for k in _INT_PARAMS:
             if hp[k] is not None:
                 hp[k] = int(hp[k])
-        for k in ("hierarchy", "stay_clock", "seen_memory", "seen_bias", "novel_bias", "require_stays"):
+        for k in ("hierarchy", "stay_clock", "seen_memory", "seen_bias", "novel_bias", "length_budget",
+                  "require_stays"):
             hp[k] = bool(hp[k]) if not isinstance(hp[k], str) else hp[k].lower() in ("1", "true", "yes")
         if hp["seen_bias"] and not hp["seen_memory"]:
             raise ConditioningError("seen_bias needs seen_memory (it reads the memory's seen-code flags)")
@@ -158,7 +161,9 @@ class TrajectoryGenerator:
         self.info_ = {
             "split": split, "n_subjects": int(len(lengths)), "n_tokens": int(lengths.sum()),
             "record_tokens": {"median": float(np.median(lengths)), "p95": float(np.percentile(lengths, 95)),
-                              "max": int(lengths.max())},
+                              "max": int(lengths.max()),
+                              # what the length budget draws from (sampler.draw_record_lengths)
+                              "quantiles": np.quantile(lengths, np.linspace(0, 1, LENGTH_QUANTILES)).tolist()},
             "max_len": int(hp["max_len"] or lengths.max()),
             "longest_stay_hours": _longest_stays(store.longest_stay_hours),
             "records_with_stay": _records_with_stay(store.records_with_stay, len(lengths)),
@@ -179,7 +184,7 @@ class TrajectoryGenerator:
                                      dropout=hp["dropout"], stay_clock=hp["stay_clock"],
                                      seen_memory=hp["seen_memory"], kv_heads=hp["kv_heads"],
                                      seen_embedding=hp["seen_embedding"], seen_bias=hp["seen_bias"],
-                                     novel_bias=hp["novel_bias"])
+                                     novel_bias=hp["novel_bias"], length_budget=hp["length_budget"])
 
     def _threads(self) -> None:
         if self.hyperparameters.get("threads"):
@@ -289,9 +294,14 @@ class TrajectoryGenerator:
             self.last_sample_stats_ = stats
             return results if on_record is None else None
         self._threads()
+        lengths = None
+        if self.hyperparameters["length_budget"]:
+            ids = np.arange(len(prompts), dtype=np.int64) if record_ids is None else np.asarray(record_ids, np.int64)
+            lengths = draw_record_lengths(self.info_["record_tokens"]["quantiles"], seed, ids,
+                                          np.array([len(p) + 1 for p in prompts], np.int64))
         out = generate(self.model_, self.grammar(max_len), prompts, context=self.hyperparameters["context"],
                        temperature=temperature, top_p=top_p, min_prob=min_prob, batch_size=batch_size, seed=seed,
-                       use_mask=use_mask, on_record=on_record, stats=stats, record_ids=record_ids)
+                       use_mask=use_mask, on_record=on_record, stats=stats, record_ids=record_ids, lengths=lengths)
         self.last_sample_stats_ = stats
         return out
 
@@ -482,15 +492,18 @@ class TrajectoryGenerator:
             raise ModelFileError(f"{path}: holds a {config['model_type']!r} model, not {MODEL_TYPE!r}")
         try:
             # a model saved before a feature existed (the stay clock, the seen-codes memory, the seen and novel
-            # biases, shared key/value heads) was built without it: default those features off
+            # biases, shared key/value heads, the length budget) was built without it: default those features off
             gen = cls(**{"stay_clock": False, "seen_memory": False, "seen_bias": False, "novel_bias": False,
-                         "kv_heads": None, **config["hyperparameters"]})
+                         "kv_heads": None, "length_budget": False, **config["hyperparameters"]})
             vocab = Vocabulary.from_state({k: v for k, v in tensors.items() if k.startswith("vocab.")},
                                           config["state"]["vocab"])
         except (KeyError, TypeError, ConditioningError) as e:
             raise ModelFileError(f"{path / 'config.json'}: invalid trajectory model state ({e})") from None
         gen.vocab_ = vocab
         gen.info_ = dict(config["state"].get("info", {}))
+        if gen.hyperparameters["length_budget"] and "quantiles" not in gen.info_.get("record_tokens", {}):
+            raise ModelFileError(f"{path / 'config.json'}: a length-budget model without state.info.record_tokens."
+                                 f"quantiles (the training lengths it samples from)")
         model = gen._build(vocab)
         sd = {k[len("model."):]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith("model.")}
         try:

@@ -91,6 +91,27 @@ def record_uniforms(seed: int, records: np.ndarray, positions: np.ndarray) -> np
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
+LENGTH_STREAM = -1  # record_uniforms position of a record's length draw (token positions are >= 1)
+
+
+def draw_record_lengths(quantiles: Sequence[float], seed: int, records: np.ndarray, at_least: np.ndarray) -> np.ndarray:
+    """(n,) int64 record lengths in tokens ([BOS] to [EOS]), one per record, from the piecewise-linear
+    inverse of the training lengths' quantiles (evenly spaced probabilities 0..1), each at least
+    `at_least` (drawn from the part of the distribution above it: a history prompt's continuation).
+    The uniform comes from the record's own stream, so a record's length, like its tokens, does not
+    depend on its batch or process.  Below the longest training record a draw is a plausible real
+    length; a prompt already past it gets `at_least` ("end now")."""
+    q = np.maximum.accumulate(np.asarray(quantiles, np.float64))
+    if q.ndim != 1 or q.size < 2:
+        raise ConditioningError(f"length quantiles must be a list of at least 2 numbers, got {len(q)}")
+    grid = np.linspace(0.0, 1.0, q.size)
+    at_least = np.asarray(at_least, np.float64)
+    u = record_uniforms(seed, records, np.full(len(records), LENGTH_STREAM))
+    lo = np.interp(at_least, q, grid, left=0.0, right=1.0)  # the CDF at the floor
+    lengths = np.rint(np.interp(lo + u * (1.0 - lo), grid, q))
+    return np.maximum(lengths, at_least).astype(np.int64)
+
+
 def _draw(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """One exact draw per row by inverting the cumulative weights (float64) at the row's uniform u (B,).
 
@@ -125,11 +146,14 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
              temperature: float = 1.0, top_p: float = 1.0, min_prob: float = 0.0, batch_size: int = 64, seed: int = 0,
              use_mask: bool = True, on_record: Callable[[int, np.ndarray], None] | None = None,
              stats: SampleStats | None = None, roles: ClockRoles | None = None,
-             record_ids: Sequence[int] | None = None) -> list[np.ndarray] | None:
+             record_ids: Sequence[int] | None = None, lengths: Sequence[int] | None = None) -> list[np.ndarray] | None:
     """Complete every prompt (token ids; -1 = sample this position) into a record ending in [EOS].
 
     Record i draws its tokens from the random stream (seed, record_ids[i]) (record_uniforms; default
     record_ids: 0, 1, ...): a caller that splits one run into parts passes each part's global indices.
+    A model with a length budget needs each prompt's target `lengths` (tokens, [BOS] to [EOS];
+    draw_record_lengths): every step tells it how many tokens the record has left.  The grammar, not the
+    budget, decides when a record may end, so a record can end before or after its target.
 
     `min_prob` > 0 drops every token whose probability (after temperature) is below it — epsilon
     sampling (Hewitt et al. 2022): a model smooths a little mass onto every token, and over a record of
@@ -160,6 +184,13 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
             raise ConditioningError(f"prompt {i} must start with [BOS]")
         if p.size >= max_len - grammar.force_margin:
             raise ConditioningError(f"prompt {i} has {p.size} tokens; max_len is {max_len}")
+    budget = None
+    if getattr(model, "left_emb", None) is not None:
+        if lengths is None:
+            raise ConditioningError("this model has a length budget: pass each prompt's target length")
+        budget = np.asarray(lengths, np.int64)
+        if budget.shape != (len(prompts),):
+            raise ConditioningError(f"lengths must hold one length per prompt ({len(prompts)}), got shape {budget.shape}")
     any_prompt = any(p.size > 1 for p in prompts)  # beyond [BOS]: rows may have tokens to force
     results: list[np.ndarray | None] = [None] * len(prompts) if on_record is None else []
     B = max(1, min(batch_size, len(prompts)))
@@ -222,8 +253,9 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         if memory is not None:
             memory.advance(feed, E_mem)
         stay = clock.stay()
+        left = torch.from_numpy(budget[row_prompt] - 1) - pos if budget is not None else None
         logits = model.step(feed, pos, cache, clock.hours, stay, memory.vector() if memory is not None else None,
-                            memory.seen if memory is not None else None)
+                            memory.seen if memory is not None else None, left)
         stats.steps += 1
         nb = logits.shape[0]
         # which rows are forced by their prompt
