@@ -17,6 +17,7 @@ from synthehr.models.trajectory.clock import N_STAY_FEATURES, ClockRoles, Runnin
 from synthehr.models.trajectory.memory import RunningMemory, SeenInput, first_occurrences, window_memory
 from synthehr.models.trajectory.model import TrajectoryTransformer, stay_bucket
 from synthehr.models.trajectory.sampler import SampleStats, generate
+from synthehr.models.trajectory.tokenizer import Encoded
 from synthehr.models.trajectory.synthetic import markov_events, transition_counts
 from synthehr.models.trajectory.vocab import GAP_SECONDS, Cat, sex_restriction
 
@@ -826,6 +827,14 @@ def test_record_lengths_follow_the_training_quantiles():
     assert st.ks_2samp(up, real[real >= floor]).statistic < 0.04
     # past the longest training record: the floor itself
     assert (draw_record_lengths(q, 3, np.arange(5), np.full(5, real.max() + 10)) == real.max() + 10).all()
+    # a cap: drawn from the distribution below it
+    cap = int(np.quantile(real, 0.3))
+    down = draw_record_lengths(q, 3, np.arange(n), np.full(n, 2), at_most=cap)
+    assert down.max() <= cap and st.ks_2samp(down, real[real <= cap]).statistic < 0.05
+    # tied quantiles (short records of few distinct lengths): a floor on a tied value still draws it
+    tied = np.repeat([7, 9, 11, 13], [50, 30, 15, 5])
+    t = draw_record_lengths(np.quantile(tied, np.linspace(0, 1, 101)), 0, np.arange(n), np.full(n, 9))
+    assert t.min() == 9 and abs((t == 9).mean() - 0.6) < 0.1  # P(9 | >= 9) = 30 / 50
 
 
 def test_length_budget_is_followed_and_models_without_it_still_load(markov_model, tmp_path):
@@ -833,11 +842,44 @@ def test_length_budget_is_followed_and_models_without_it_still_load(markov_model
     decides when a record may end); a model saved before the budget existed loads and samples without it."""
     from synthehr.models.trajectory.sampler import draw_record_lengths
 
+    import synthehr.models.trajectory.data as D
+
     n = 200
-    seqs = markov_model.sample_tokens([np.array([markov_model.vocab_.bos])] * n, seed=5)
-    want = draw_record_lengths(markov_model.info_["record_tokens"]["quantiles"], 5, np.arange(n), np.full(n, 2))
+    m = markov_model.model_
+    seen_left: list[np.ndarray] = []
+    step = m.step
+
+    def recording_step(*a, **k):  # what generate tells the model, step by step
+        seen_left.append(a[7].numpy().copy())
+        return step(*a, **k)
+
+    m.step = recording_step
+    try:
+        seqs = markov_model.sample_tokens([np.array([markov_model.vocab_.bos])] * n, seed=5, batch_size=n)
+    finally:
+        del m.step
+    g = markov_model.grammar()
+    want = draw_record_lengths(markov_model.info_["record_tokens"]["quantiles"], 5, np.arange(n), np.full(n, 3),
+                               at_most=g.max_len - g.force_margin)
     got = np.array([len(x) for x in seqs])
-    assert np.median(np.abs(got - want)) <= 1 and np.corrcoef(got, want)[0, 1] > 0.95
+    # Markov records have odd lengths only (a time token and a code per event after the first), so an even
+    # draw ends one token later
+    assert (np.abs(got - want) <= 1).mean() > 0.95 and (got[want % 2 == 1] == want[want % 2 == 1]).mean() > 0.9
+    # the counts generate fed the model equal what training's pack reads off the same records
+    full = next(t for t, x in enumerate(seen_left) if len(x) < n)  # steps before the batch first compacts
+    exact = [i for i in range(n) if got[i] == want[i] and got[i] - 1 <= full][:5]
+    assert len(exact) == 5
+    enc = Encoded(subject_ids=np.arange(len(exact)), offsets=np.r_[0, np.cumsum(got[exact])],
+                  tokens=np.concatenate([seqs[i] for i in exact]).astype(np.int32), anchor_us=np.zeros(len(exact), np.int64))
+    store = D.TokenStore(tmp_path / "store", ClockRoles.of(markov_model.vocab_))
+    store.append(enc)
+    store.finish()
+    for k, i in enumerate(exact):
+        batch, _ = D.pack(store, np.array([[k, 0, 0]]), int(got[i]) + 1, rows=1)
+        packed = batch.left[0, : got[i] - 1].numpy()
+        fed = np.array([seen_left[t][i] for t in range(got[i] - 1)])  # row i is record i until compaction
+        assert np.array_equal(fed, packed) and packed[-1] == 1
+    store.close()
     with pytest.raises(ConditioningError, match="length budget"):
         generate(markov_model.model_, markov_model.grammar(), [np.array([markov_model.vocab_.bos])], context=48)
     # a model saved before the budget: no `length_budget` hyper-parameter, no left_emb weights, no quantiles

@@ -294,12 +294,16 @@ class TrajectoryGenerator:
             self.last_sample_stats_ = stats
             return results if on_record is None else None
         self._threads()
+        grammar = self.grammar(max_len)
         lengths = None
         if self.hyperparameters["length_budget"]:
             ids = np.arange(len(prompts), dtype=np.int64) if record_ids is None else np.asarray(record_ids, np.int64)
+            # at least one token after the prompt, then [EOS]; at most the grammar's cap, where it closes records.
+            # Drawn from all training records: a demographic prompt gets the population's lengths, not its group's
             lengths = draw_record_lengths(self.info_["record_tokens"]["quantiles"], seed, ids,
-                                          np.array([len(p) + 1 for p in prompts], np.int64))
-        out = generate(self.model_, self.grammar(max_len), prompts, context=self.hyperparameters["context"],
+                                          np.array([len(p) + 2 for p in prompts], np.int64),
+                                          at_most=grammar.max_len - grammar.force_margin)
+        out = generate(self.model_, grammar, prompts, context=self.hyperparameters["context"],
                        temperature=temperature, top_p=top_p, min_prob=min_prob, batch_size=batch_size, seed=seed,
                        use_mask=use_mask, on_record=on_record, stats=stats, record_ids=record_ids, lengths=lengths)
         self.last_sample_stats_ = stats

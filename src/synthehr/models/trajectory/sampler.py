@@ -94,21 +94,28 @@ def record_uniforms(seed: int, records: np.ndarray, positions: np.ndarray) -> np
 LENGTH_STREAM = -1  # record_uniforms position of a record's length draw (token positions are >= 1)
 
 
-def draw_record_lengths(quantiles: Sequence[float], seed: int, records: np.ndarray, at_least: np.ndarray) -> np.ndarray:
+def draw_record_lengths(quantiles: Sequence[float], seed: int, records: np.ndarray, at_least: np.ndarray,
+                        at_most: int | None = None) -> np.ndarray:
     """(n,) int64 record lengths in tokens ([BOS] to [EOS]), one per record, from the piecewise-linear
-    inverse of the training lengths' quantiles (evenly spaced probabilities 0..1), each at least
-    `at_least` (drawn from the part of the distribution above it: a history prompt's continuation).
-    The uniform comes from the record's own stream, so a record's length, like its tokens, does not
-    depend on its batch or process.  Below the longest training record a draw is a plausible real
-    length; a prompt already past it gets `at_least` ("end now")."""
+    inverse of the training lengths' quantiles (evenly spaced probabilities 0..1), drawn from the part
+    of the distribution in [at_least, at_most]: a history prompt's continuation is longer than the
+    prompt, and no record runs past the sampler's length cap.  The uniform comes from the record's own
+    stream, so a record's length, like its tokens, does not depend on its batch or process.  A prompt
+    already past the longest training record gets `at_least`."""
     q = np.maximum.accumulate(np.asarray(quantiles, np.float64))
     if q.ndim != 1 or q.size < 2:
         raise ConditioningError(f"length quantiles must be a list of at least 2 numbers, got {len(q)}")
     grid = np.linspace(0.0, 1.0, q.size)
     at_least = np.asarray(at_least, np.float64)
     u = record_uniforms(seed, records, np.full(len(records), LENGTH_STREAM))
-    lo = np.interp(at_least, q, grid, left=0.0, right=1.0)  # the CDF at the floor
-    lengths = np.rint(np.interp(lo + u * (1.0 - lo), grid, q))
+    # the CDF just below the floor and just above the cap (half a token: lengths are whole, draws are
+    # rounded, and a run of tied quantiles would otherwise count as above the floor)
+    lo = np.interp(at_least - 0.5, q, grid, left=0.0, right=1.0)
+    hi = 1.0 if at_most is None else float(np.interp(at_most + 0.5, q, grid, left=0.0, right=1.0))
+    hi = np.maximum(hi, lo)
+    lengths = np.rint(np.interp(lo + u * (hi - lo), grid, q))
+    if at_most is not None:
+        lengths = np.minimum(lengths, at_most)
     return np.maximum(lengths, at_least).astype(np.int64)
 
 
@@ -253,7 +260,14 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         if memory is not None:
             memory.advance(feed, E_mem)
         stay = clock.stay()
-        left = torch.from_numpy(budget[row_prompt] - 1) - pos if budget is not None else None
+        allowed = grammar.allowed(state) if use_mask else None
+        left = None
+        if budget is not None:
+            left = torch.from_numpy(budget[row_prompt] - 1) - pos
+            if allowed is not None:
+                # past its budget with [EOS] not yet allowed (a stay still open): "one token, then the end"
+                # rather than "end now", which in training always came right before an [EOS]
+                left = torch.where(allowed[:, eos], left, left.clamp(min=2))
         logits = model.step(feed, pos, cache, clock.hours, stay, memory.vector() if memory is not None else None,
                             memory.seen if memory is not None else None, left)
         stats.steps += 1
@@ -266,7 +280,6 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
                 k = int(rlen[r])
                 if k < p.size and p[k] >= 0:
                     forced[r] = p[k]
-        allowed = grammar.allowed(state) if use_mask else None
         samp = np.flatnonzero(active & (forced < 0))
         nxt = torch.from_numpy(forced.copy())
         if samp.size:
