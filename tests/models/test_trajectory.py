@@ -542,7 +542,8 @@ def test_prompts_demographic_and_history(markov_model):
 @pytest.mark.parametrize("kv_heads,seen_embedding,seen_bias,novel_bias,length_budget",
                          [(None, "tied", False, False, False), (1, "tied", False, False, False),
                           (None, "own", False, False, False), (None, "tied", True, False, False),
-                          (None, "tied", True, True, False), (1, "tied", True, True, True)])
+                          (None, "tied", True, True, False), (1, "tied", True, True, "countdown"),
+                          (1, "tied", True, True, "total")])
 def test_kv_cache_steps_match_the_full_forward(kv_heads, seen_embedding, seen_bias, novel_bias, length_budget):
     """Cached one-token steps (ring cache, running clocks and seen-codes memory) give the full forward's
     logits under the windowed mask, with one key/value head per query head or one shared by all, and with

@@ -100,9 +100,14 @@ class TrajectoryGenerator:
         for k in _INT_PARAMS:
             if hp[k] is not None:
                 hp[k] = int(hp[k])
-        for k in ("hierarchy", "stay_clock", "seen_memory", "seen_bias", "novel_bias", "length_budget",
-                  "require_stays"):
+        for k in ("hierarchy", "stay_clock", "seen_memory", "seen_bias", "novel_bias", "require_stays"):
             hp[k] = bool(hp[k]) if not isinstance(hp[k], str) else hp[k].lower() in ("1", "true", "yes")
+        lb = hp["length_budget"]
+        lb = lb.lower() if isinstance(lb, str) else lb
+        hp["length_budget"] = {False: False, None: False, "off": False, "false": False, "0": False,
+                               True: "countdown", "true": "countdown", "1": "countdown"}.get(lb, lb)
+        if hp["length_budget"] not in (False, "countdown", "total"):
+            raise ConditioningError(f"length_budget must be off, 'countdown' or 'total', got {hp['length_budget']!r}")
         if hp["seen_bias"] and not hp["seen_memory"]:
             raise ConditioningError("seen_bias needs seen_memory (it reads the memory's seen-code flags)")
         if hp["novel_bias"] and not hp["seen_bias"]:
