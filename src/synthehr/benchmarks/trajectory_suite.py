@@ -361,7 +361,7 @@ def run_scale(args) -> list[Path]:
              f"({args.batch_rows} rows x {args.context} tokens), then {args.scale_generate:,} patients generated "
              f"(batch {args.batch_size}, cap {args.max_len or 4096} tokens) streamed to MEDS shards",
              f"model: d_model {args.d_model}, {args.n_layers} layers, {args.n_heads} heads ({args.kv_heads or args.n_heads} key/value), context {args.context}, "
-             f"seen bias {'on' if args.seen_bias else 'off'}; novel bias {'on' if args.novel_bias else 'off'}; length budget {args.length_budget}; torch threads {args.threads}; shared 2-core CPU, timings are indicative",
+             f"seen bias {'on' if args.seen_bias else 'off'}; novel bias {'on' if args.novel_bias else 'off'}; length budget {'on' if args.length_budget else 'off'}; torch threads {args.threads}; shared 2-core CPU, timings are indicative",
              "the scale model is trained for a fixed number of steps only: these rows measure cost, not fidelity",
              "peak_rss_mb: the process's peak resident set (ru_maxrss), file pages the OS mapped in included; "
              "peak_anon_rss_mb: peak anonymous memory (heap and tensors, RssAnon polled every 20 ms); *_fit_*: "
@@ -404,9 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--novel-bias", action=argparse.BooleanOptionalAction, default=True,
                     help="a learned logit offset per (stay-clock bucket, token) until the record holds that token "
                          "(needs the seen bias)")
-    ap.add_argument("--length-budget", choices=["off", "countdown", "total"], default="off",
+    ap.add_argument("--length-budget", action=argparse.BooleanOptionalAction, default=False,
                     help="draw each record's length from the training lengths first and give the model the tokens "
-                         "it has left at every step (countdown) or its whole length (total); default off")
+                         "it has left at every step (default off)")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--max-seconds", type=float, help="training time budget")

@@ -264,7 +264,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         left = None
         if budget is not None:
             left = torch.from_numpy(budget[row_prompt] - 1) - pos
-            if allowed is not None and model.length_budget == "countdown":
+            if allowed is not None:
                 # past its budget with [EOS] not yet allowed (a stay still open): "one token, then the end"
                 # rather than "end now", which in training always came right before an [EOS]
                 left = torch.where(allowed[:, eos], left, left.clamp(min=2))
