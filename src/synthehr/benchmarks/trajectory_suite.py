@@ -76,7 +76,7 @@ def run_dataset(args) -> list[Path]:
     hp = {"d_model": args.d_model, "n_layers": args.n_layers, "n_heads": args.n_heads, "kv_heads": args.kv_heads,
           "seen_memory": args.seen_memory, "seen_embedding": args.seen_embedding,
           "seen_bias": args.seen_bias, "novel_bias": args.novel_bias, "length_budget": args.length_budget,
-          "context": args.context,
+          "context": args.context, "dropout": args.dropout,
           "epochs": args.epochs, "max_seconds": args.max_seconds, "batch_rows": args.batch_rows, "lr": args.lr,
           "min_subjects": args.min_subjects, "threads": args.threads, "seed": args.seed, "max_len": args.max_len,
           "stay_cap": args.stay_cap, "require_stays": args.require_stays}
@@ -211,7 +211,7 @@ def run_dataset(args) -> list[Path]:
     limits, required = gen.stay_rules_text()
     reasons = rv.filter(~pl.col("valid")).group_by("reason").len().sort("len", descending=True)
     notes = [
-        f"model: {json.dumps({k: gen.hyperparameters.get(k) for k in ('d_model', 'n_layers', 'n_heads', 'kv_heads', 'context', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'stay_clock', 'seen_memory', 'seen_bias', 'novel_bias', 'length_budget', 'seen_embedding', 'stay_cap', 'require_stays', 'threads')})}",
+        f"model: {json.dumps({k: gen.hyperparameters.get(k) for k in ('d_model', 'n_layers', 'n_heads', 'kv_heads', 'context', 'dropout', 'epochs', 'max_seconds', 'batch_rows', 'lr', 'min_subjects', 'hierarchy', 'stay_clock', 'seen_memory', 'seen_bias', 'novel_bias', 'length_budget', 'seen_embedding', 'stay_cap', 'require_stays', 'threads')})}",
         *(["length budget: each synthetic record's length is drawn from the training lengths' percentiles and counted "
            "down as an input; the NLL rows score real records given their true lengths, so they do not compare with "
            "models without the budget"] if gen.hyperparameters.get("length_budget") else []),
@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="draw each record's length from the training lengths first and give the model the tokens "
                          "it has left at every step (default off)")
     ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--dropout", type=float, default=0.0, help="dropout on the embeddings and residual branches")
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--max-seconds", type=float, help="training time budget")
     ap.add_argument("--batch-rows", type=int, default=16)
