@@ -39,13 +39,18 @@ def pos_bucket(pos: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.floor(torch.log2(pos.double() + 1)).long(), 0, N_POS_BUCKETS - 1)
 
 
+def _half_octaves(x: torch.Tensor, n: int) -> torch.Tensor:
+    """floor(2 log2 x) for x >= 1, clamped to buckets 0..n-1."""
+    return torch.clamp(torch.floor(2 * torch.log2(x)).long(), 0, n - 1)
+
+
 def time_bucket(hours: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(torch.floor(2 * torch.log2(hours.double().clamp(min=0) + 1)).long(), 0, N_TIME_BUCKETS - 1)
+    return _half_octaves(hours.double().clamp(min=0) + 1, N_TIME_BUCKETS)
 
 
 def left_bucket(left: torch.Tensor) -> torch.Tensor:
     """Tokens the record holds after this one (>= 1; less counts as 1: "end now") → half-octave bucket."""
-    return torch.clamp(torch.floor(2 * torch.log2(left.double().clamp(min=1))).long(), 0, N_LEFT_BUCKETS - 1)
+    return _half_octaves(left.double().clamp(min=1), N_LEFT_BUCKETS)
 
 
 def stay_bucket(stay: torch.Tensor) -> torch.Tensor:

@@ -192,7 +192,7 @@ def generate(model: TrajectoryTransformer, grammar: Grammar, prompts: Sequence[n
         if p.size >= max_len - grammar.force_margin:
             raise ConditioningError(f"prompt {i} has {p.size} tokens; max_len is {max_len}")
     budget = None
-    if getattr(model, "left_emb", None) is not None:
+    if model.left_emb is not None:
         if lengths is None:
             raise ConditioningError("this model has a length budget: pass each prompt's target length")
         budget = np.asarray(lengths, np.int64)
