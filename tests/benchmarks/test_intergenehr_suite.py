@@ -68,9 +68,19 @@ def test_every_table_has_its_metrics(quick_run):
         assert value(rows, "III", m, "imputation_nll", "mask50") is not None
         assert value(rows, "III", m, "reconstruct_ms", "latency") > 0
     assert value(rows, "VII", "real", "tstr_auroc", "real") is not None
+    for m in ("real", "gaussian", "pmvae"):  # Table I averages --fidelity-draws (2 in --quick) draws
+        assert value(rows, "I", m, "rmspe_sd", "test") >= 0
     for title in ("Table I", "Table III", "Table V", "Table VII", "Targets"):
         assert title in md
     assert not [n for n in doc.get("notes", []) if "failed" in n], doc["notes"]
+
+
+def test_mean_fidelity_averages_each_metric_and_reports_its_spread():
+    from synthehr.benchmarks.intergenehr_suite import mean_fidelity
+
+    out = mean_fidelity([{"rmspe": 1.0, "mape": 2.0}, {"rmspe": 3.0, "mape": 2.0}])
+    assert out == {"rmspe": 2.0, "rmspe_sd": pytest.approx(2**0.5), "mape": 2.0, "mape_sd": 0.0}
+    assert mean_fidelity([{"rmspe": 1.5}]) == {"rmspe": 1.5}  # one draw: no spread to report
 
 
 def test_enforced_constraints_hold_exactly(quick_run):
