@@ -12,4 +12,5 @@ SUITES = {
     "app": "synthehr.benchmarks.app_load",
     "trajectory": "synthehr.benchmarks.trajectory_suite",
     "intergenehr": "synthehr.benchmarks.intergenehr_suite",
+    "imputation-split": "synthehr.benchmarks.imputation_split",
 }
