@@ -70,6 +70,9 @@ def test_every_table_has_its_metrics(quick_run):
     assert value(rows, "VII", "real", "tstr_auroc", "real") is not None
     for m in ("real", "gaussian", "pmvae"):  # Table I averages --fidelity-draws (2 in --quick) draws
         assert value(rows, "I", m, "rmspe_sd", "test") >= 0
+    for m in ("gaussian", "pmvae"):  # Tables V/VI average as many constrained samples
+        assert value(rows, "V", m, "rmspe_other_sd", "enforced=all") >= 0
+        assert value(rows, "V", m, "rmspe_other_unconstrained_sd", "enforced=all") >= 0
     for title in ("Table I", "Table III", "Table V", "Table VII", "Targets"):
         assert title in md
     assert not [n for n in doc.get("notes", []) if "failed" in n], doc["notes"]

@@ -55,7 +55,8 @@ V    constraint MAE (`constraint_mae`): constraint_mae_ph (Henderson-Hasselbalch
      sample (split "enforced=none"), of the real test rows ("real"), and of samples generated with
      every applicable equation enforced (`generate_with_constraints(..., equations="all")`, split
      "enforced=all", arbitrary-conditioning models); these also get rmspe / mape / mmd / corr_diff
-     so fidelity elsewhere can be compared with the unconstrained sample.
+     so fidelity elsewhere can be compared with the unconstrained sample (means over
+     `--fidelity-draws` constrained samples and Table I's draws, as in Table I).
 VI   the same with one equation enforced at a time (split "enforced=ph" / "=base_excess" / "=spo2").
      PhysioNet 2012 has no base_excess or spo2 column: only Henderson-Hasselbalch applies there.
 VII  TSTR mortality: the last-6-bins layout (`last_bins_layout`, one row per stay, + label); each
@@ -338,6 +339,16 @@ def mean_fidelity(draws: Sequence[dict[str, float]]) -> dict[str, float]:
         out[key] = float(np.mean(v))
         if len(v) > 1:
             out[f"{key}_sd"] = float(np.std(v, ddof=1))
+    return out
+
+
+def _suffixed(metrics: dict[str, float], suffix: str) -> dict[str, float]:
+    """rmspe -> rmspe<suffix>, rmspe_sd -> rmspe<suffix>_sd; mmd dropped (Tables V/VI's 'elsewhere' columns)."""
+    out = {}
+    for k, v in metrics.items():
+        if k.startswith("mmd"):
+            continue
+        out[k[:-3] + suffix + "_sd" if k.endswith("_sd") else k + suffix] = v
     return out
 
 
@@ -707,13 +718,14 @@ def fit_grid_models(run: Run) -> tuple[dict[str, Any], dict[str, Any], dict[str,
     return gens, imps, fit_s
 
 
-def table_i(run: Run, gens: dict[str, Any], fit_s: dict[str, float], n_synth: int) -> dict[str, pd.DataFrame]:
+def table_i(run: Run, gens: dict[str, Any], fit_s: dict[str, float], n_synth: int) -> dict[str, list[pd.DataFrame]]:
+    """Table I; returns each generator's `--fidelity-draws` samples (Tables V/VI compare against them)."""
     from synthehr.evaluation import closest_record_distances, dcr_summary
 
     s, d = run.s, run.d
     feats = d.features
     test_dcr = d.test.sample(n=min(len(d.test), 5000), random_state=s.seed)[feats]
-    synth: dict[str, pd.DataFrame] = {}
+    synth: dict[str, list[pd.DataFrame]] = {}
     k = max(1, int(s.fidelity_draws))
     n_floor = min(n_synth, len(d.train))
     m = mean_fidelity([fidelity(d.test, d.train.sample(n=n_floor, random_state=s.seed + 7 + i), feats)
@@ -731,10 +743,10 @@ def table_i(run: Run, gens: dict[str, Any], fit_s: dict[str, float], n_synth: in
         try:
             x, sec = timed(lambda: model.sample(n_synth, seed=s.seed))
             x = _typed(x.reset_index(drop=True), d.schema)
-            synth[name] = x
-            m = mean_fidelity([fidelity(d.test, x, feats)]
-                              + [fidelity(d.test, _typed(model.sample(n_synth, seed=s.seed + i).reset_index(drop=True),
-                                                         d.schema), feats) for i in range(1, k)])
+            draws = [x] + [_typed(model.sample(n_synth, seed=s.seed + i).reset_index(drop=True), d.schema)
+                           for i in range(1, k)]
+            synth[name] = draws
+            m = mean_fidelity([fidelity(d.test, xi, feats) for xi in draws])
             dist = closest_record_distances(d.train[feats], test_dcr, x[feats], seed=s.seed)
             summ = dcr_summary(dist)
             m["dcr_median"] = summ["synthetic"]["median"]
@@ -871,7 +883,7 @@ def latency(run: Run, imps: dict[str, Any], evalset: pd.DataFrame, hidden: np.nd
             run.fail(f"latency {name}", e)
 
 
-def table_v_vi(run: Run, gens: dict[str, Any], synth: dict[str, pd.DataFrame], n_constr: int) -> None:
+def table_v_vi(run: Run, gens: dict[str, Any], synth: dict[str, list[pd.DataFrame]], n_constr: int) -> None:
     from synthehr.constraints import generate_with_constraints
 
     s, d = run.s, run.d
@@ -882,38 +894,44 @@ def table_v_vi(run: Run, gens: dict[str, Any], synth: dict[str, pd.DataFrame], n
     run.notes.append(f"Tables V/VI: applicable equations {eqs}; constrained samples of {n_constr} rows "
                      f"(rejection budget {s.max_proposals_factor} x n proposal rows)")
     run.add("V", "real", constraint_rows(d.test), "enforced=none")
-    for name, x in synth.items():
-        run.add("V", name, constraint_rows(x), "enforced=none")
+    for name, draws in synth.items():
+        run.add("V", name, constraint_rows(draws[0]), "enforced=none")
     from synthehr.constraints import EQUATIONS
 
     settings = [("V", "enforced=all", "all", eqs)] + [("VI", f"enforced={EQUATION_SHORT[e]}", e, [e]) for e in eqs]
     run.notes.append("Tables V/VI: rmspe_other / mape_other / corr_diff_other = fidelity vs the test rows over the "
                      "features that no enforced equation touches; *_unconstrained = the same for the model's "
-                     "unconstrained Table I sample (fidelity 'elsewhere' with and without enforcement)")
+                     "unconstrained Table I samples (fidelity 'elsewhere' with and without enforcement); like "
+                     "Table I, the fidelity metrics are means over --fidelity-draws constrained samples (seeds seed, "
+                     "seed + 1, ...) and over Table I's draws, with *_sd; constraint MAE and sample_seconds are of "
+                     "the first constrained sample")
     for name, model in gens.items():
         if name not in ENFORCING:
             continue
-        base = synth.get(name)
+        base = synth.get(name) or []
         for table_id, split, eq, names in settings:
             touched = {f for e in names for f in EQUATIONS[e].features}
             other = [f for f in d.features if f not in touched]
             try:
-                x, sec = timed(lambda: generate_with_constraints(
-                    model, n_constr, seed=s.seed, equations=eq, max_proposals=s.max_proposals_factor * n_constr))
-                x = _typed(x, d.schema)
+                def constrained(seed: int) -> pd.DataFrame:
+                    return _typed(generate_with_constraints(model, n_constr, seed=seed, equations=eq,
+                                                            max_proposals=s.max_proposals_factor * n_constr), d.schema)
+
+                x, sec = timed(lambda: constrained(s.seed))
+                xs = [x] + [constrained(s.seed + i) for i in range(1, max(1, int(s.fidelity_draws)))]
                 m = constraint_rows(x)
-                m.update(fidelity(d.test, x, d.features))
-                m.update({f"{k}_other": v for k, v in fidelity(d.test, x, other).items() if k != "mmd"})
-                if base is not None:
-                    m.update({f"{k}_other_unconstrained": v for k, v in fidelity(d.test, base, other).items()
-                              if k != "mmd"})
+                m.update(mean_fidelity([fidelity(d.test, xi, d.features) for xi in xs]))
+                m.update(_suffixed(mean_fidelity([fidelity(d.test, xi, other) for xi in xs]), "_other"))
+                if base:
+                    m.update(_suffixed(mean_fidelity([fidelity(d.test, b, other) for b in base]),
+                                       "_other_unconstrained"))
                 m["sample_seconds"] = sec
                 run.add(table_id, name, m, split)
             except Exception as e:
                 run.fail(f"Table {table_id} {name} {split}", e)
-        if base is not None and n_constr != len(base):
-            run.notes.append(f"{name}: the unconstrained sample of the Table V/VI comparison is Table I's "
-                             f"({len(base)} rows, constrained samples have {n_constr})")
+        if base and n_constr != len(base[0]):
+            run.notes.append(f"{name}: the unconstrained samples of the Table V/VI comparison are Table I's "
+                             f"({len(base[0])} rows, constrained samples have {n_constr})")
 
 
 def table_vii(run: Run) -> None:
