@@ -4,7 +4,9 @@ Reproduces the InterGenEHR paper's Tables I-VII on our data with synthehr's arbi
 models (VAE baseline "vae", VAEAC "vaeac", Posterior-Matching VAE "pmvae"), the exact multivariate
 Gaussian reference ("gaussian", plus "independent_marginals" as the no-structure floor), the
 generative peers (SDV CTGAN / TVAE / GaussianCopula, ForestDiffusion) and, for imputation, the
-imputers MICE / KNN / missForest and ForestDiffusion (VP diffusion).
+imputers MICE / KNN / missForest and ForestDiffusion (VP diffusion), beside "masked_gbm": gradient
+boosting trained on Table III's own mask protocol, a supervised estimate of how low the point
+imputation error can go from one row (a reference for the targets, not a peer).
 
 Data
 ----

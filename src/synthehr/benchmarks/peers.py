@@ -9,7 +9,8 @@ Protocol (what `synthehr.benchmarks.tabular` calls):
 
 synthehr's own generators (`synthehr.models`) already satisfy it. Peers: SDV's GaussianCopula,
 CTGAN and TVAE; ForestDiffusion (tree-based flow matching / VP diffusion); scikit-learn's
-IterativeImputer (MICE, missForest-style) and KNNImputer. sdv and ForestDiffusion live in the
+IterativeImputer (MICE, missForest-style) and KNNImputer; and `MaskedGBMImputer`, a supervised
+reference (gradient boosting trained on the benchmark's own mask protocol), not a published peer. sdv and ForestDiffusion live in the
 optional ``[bench]`` extra and are imported only when a peer that needs them is built.
 """
 
