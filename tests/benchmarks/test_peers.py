@@ -73,3 +73,38 @@ def test_too_few_rows_is_a_clear_error():
     train = _table(10, 0)
     with pytest.raises(ValueError, match="at least 20 training rows"):
         MaskedGBMImputer().fit(train, TableSchema.infer(train))
+
+
+def test_rare_levels_and_a_small_table_do_not_break_the_fit():
+    """Early stopping's stratified validation split needs >= 2 rows per level; it is skipped where infeasible."""
+    train = _table(25, 6)
+    train.loc[0, "ward"] = "c"  # a level seen once
+    schema = TableSchema.infer(train)
+    masked = _table(10, 7)
+    masked[["flag", "ward"]] = np.nan
+    out = MaskedGBMImputer(seed=0, copies=1, max_iter=10).fit(train, schema).impute(masked)
+    assert out["flag"].isin([0, 1]).all() and out["ward"].isin(["a", "b", "c"]).all()
+
+
+def test_always_hidden_columns_are_never_inputs_and_unknown_ones_are_refused():
+    train = _table(400, 8)
+    schema = TableSchema.infer(train)
+    gbm = MaskedGBMImputer(seed=0, copies=1, max_iter=20, always_hidden=["flag"]).fit(train, schema)
+    # x1's model never saw flag observed, so an observed flag cannot change its prediction
+    a, b = _table(30, 9), _table(30, 9)
+    a[["x1", "x2", "ward"]] = np.nan
+    b[["x1", "x2", "ward"]] = np.nan
+    a["flag"], b["flag"] = 0, 1
+    np.testing.assert_allclose(gbm.impute(a)["x1"], gbm.impute(b)["x1"])
+    with pytest.raises(ValueError, match="not in the table"):
+        MaskedGBMImputer(always_hidden=["outcome"]).fit(train, schema)
+
+
+def test_seeds_change_the_masks():
+    train = _table(500, 3)
+    schema = TableSchema.infer(train)
+    masked = _table(50, 4)
+    masked.loc[:, "x2"] = np.nan
+    a = MaskedGBMImputer(seed=1, copies=1, max_iter=30).fit(train, schema).impute(masked)
+    b = MaskedGBMImputer(seed=2, copies=1, max_iter=30).fit(train, schema).impute(masked)
+    assert not np.allclose(a["x2"], b["x2"])

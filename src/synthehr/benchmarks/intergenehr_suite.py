@@ -172,6 +172,7 @@ class Settings:
     quick: bool = False
     reuse_rows: str = ""             # earlier results JSON whose rows of the models not in `models` are reused
     extra_notes: list[str] = field(default_factory=list)
+    label: str = ""                  # the dataset's outcome column, set from the data when it is loaded
 
 
 def quick_settings(s: Settings, explicit: set[str]) -> Settings:
@@ -300,7 +301,9 @@ def make_model(name: str, s: Settings, role: str = "generate"):
     if name == FD:
         return peers.ForestDiffusion(diffusion_type="vp" if role == "impute" else "flow", seed=s.seed)
     if name == "masked_gbm":
-        return peers.MaskedGBMImputer(seed=s.seed, copies=1 if s.quick else 3)
+        # trained with the label hidden in every row, as Tables II-IV always hide it
+        return peers.MaskedGBMImputer(seed=s.seed, copies=1 if s.quick else 3,
+                                      always_hidden=[s.label] if s.label else [])
     if name in IMPUTERS:
         if s.quick and name in ("mice", "missforest"):
             return peers.SklearnImputer(name, seed=s.seed, max_iter=2)
@@ -1179,10 +1182,11 @@ def run_dataset(s: Settings) -> tuple[list[dict], list[str], list[str], dict | N
 
 def _run_dataset(s: Settings) -> tuple[list[dict], list[str], list[str], dict | None]:
     reuse = load_reuse(s) if s.reuse_rows else None
+    data = load_data(s.dataset, Path(s.cache), s.seed, s.max_train_rows)
+    s.label = data.label
     if reuse is not None:  # reused models are not fitted on the Table VII layout again either
         check_reused_settings(reuse, s)
         s.tstr_models = tuple(m for m in s.tstr_models if m not in reuse.models)
-    data = load_data(s.dataset, Path(s.cache), s.seed, s.max_train_rows)
     run = Run(s, data)
     run.reused_models = reuse.models if reuse is not None else ()
     n_synth = s.n_synth or min(len(data.train), N_SYNTH_CAP)

@@ -249,20 +249,24 @@ class MaskedGBMImputer(Peer):
 
     Not a generator and not a published peer: a *reference* for how low point-imputation MSE can
     go from one row's observed cells. For each column j, `copies` randomly masked copies of the
-    training table (each cell hidden with P = `mask_rate`, the benchmark's own protocol) give the
+    training table (each cell hidden with P = `mask_rate`, the benchmark's own protocol; the columns
+    in `always_hidden`, e.g. an outcome the benchmark never shows, hidden in every row) give the
     rows where x_j is hidden; a HistGradientBoosting model, which splits on missing values
     natively, learns x_j from the other (partly hidden) cells there. Continuous columns use squared
     loss, so the prediction estimates E[x_j | x_o]; binary / categorical ones predict the most
-    likely level. Deterministic given the seed.
+    likely level. Deterministic given the seed. Early stopping (a 10 % validation split inside
+    scikit-learn) is used only where that split is feasible: at least 200 rows and, for a class
+    column, at least 10 rows of every level; otherwise all `max_iter` rounds run.
     """
 
     name = "masked_gbm"
 
     def __init__(self, seed: int = 0, **settings: Any):
         defaults = {"mask_rate": 0.5, "copies": 3, "max_iter": 300, "learning_rate": 0.1,
-                    "early_stopping": True}
+                    "early_stopping": True, "always_hidden": []}
         super().__init__(**{**defaults, **settings, "seed": seed})
         self.models_: list[Any] = []
+        self.inputs_: list[list[int]] = []
 
     def _fit(self, data: pd.DataFrame) -> None:
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -275,21 +279,30 @@ class MaskedGBMImputer(Peer):
             raise ValueError(f"masked_gbm needs at least 20 training rows, got {len(x)}")
         stacked = np.concatenate([x] * int(s["copies"]))
         hidden = random_mask(stacked.shape, s["mask_rate"], seed=s["seed"])
+        unknown = [c for c in s["always_hidden"] if c not in self.schema_.names]
+        if unknown:
+            raise ValueError(f"masked_gbm: always_hidden column(s) {unknown} are not in the table")
+        never = [self.schema_.names.index(c) for c in s["always_hidden"]]
+        hidden[:, never] = True
         inputs = np.where(hidden, np.nan, stacked)
+        # inputs of column j: every other column the benchmark can show (an always-hidden one is all NaN)
+        self.inputs_ = [[i for i in range(x.shape[1]) if i != j and i not in never] for j in range(x.shape[1])]
         self.models_ = []
         for j, spec in enumerate(self.schema_.columns):
             rows = hidden[:, j] & ~np.isnan(stacked[:, j])  # learn x_j where it is hidden and known
-            kw = {"max_iter": s["max_iter"], "learning_rate": s["learning_rate"],
-                  "early_stopping": s["early_stopping"], "random_state": s["seed"]}
             y = stacked[rows, j]
+            levels, counts = np.unique(y, return_counts=True)
+            if len(levels) < 2:  # nothing to learn: the one value seen (0 if the column is empty)
+                self.models_.append(float(levels[0]) if len(levels) else 0.0)
+                continue
+            feasible = len(y) >= 200 and (spec.kind == "continuous" or counts.min() >= 10)
+            kw = {"max_iter": s["max_iter"], "learning_rate": s["learning_rate"],
+                  "early_stopping": bool(s["early_stopping"]) and feasible, "random_state": s["seed"]}
             if spec.kind == "continuous":
                 model = HistGradientBoostingRegressor(**kw)
-            elif len(np.unique(y)) < 2:  # one level in training: nothing to learn
-                self.models_.append(float(y[0]) if len(y) else 0.0)
-                continue
             else:
                 model = HistGradientBoostingClassifier(**kw)
-            self.models_.append(model.fit(np.delete(inputs[rows], j, axis=1), y))
+            self.models_.append(model.fit(inputs[np.ix_(rows, self.inputs_[j])], y))
 
     def impute(self, table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         x = encode(table, self.schema_)
@@ -301,5 +314,5 @@ class MaskedGBMImputer(Peer):
             if isinstance(model, float):
                 out[todo, j] = model
             else:
-                out[todo, j] = model.predict(np.delete(x[todo], j, axis=1))
+                out[todo, j] = model.predict(x[np.ix_(todo, self.inputs_[j])])
         return self._keep_observed(table, decode(out, self.schema_))
