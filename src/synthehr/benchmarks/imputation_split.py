@@ -12,10 +12,11 @@ them up. This suite measures how much that is worth, on the same rows, under bot
 
 Data: the training dataset's ICU grid (PhysioNet 2012: set-a). Test rows: `--n-eval` drawn from
 the test side of each split (seed); every model is fitted on the whole training side of that split.
-Mask: each feature cell hidden with P = 0.5 (`random_mask`, seed), the label hidden and not scored.
-Metric `imputation_mse` (standardized by the training side's sd) of each model's point imputation:
-MICE, KNN (k = 5), `masked_gbm` (gradient boosting trained on this mask protocol) and the VAE
-family's `conditional_mean`. Rows: model, metric, value, split = "stays" | "rows", seed.
+Mask: Table III's (`intergenehr_suite.feature_mask`): each feature cell hidden with P = 0.5, the
+label hidden and not scored. Metric `imputation_mse` (standardized by the training side's sd) of each
+model's point imputation as Table III takes it (`intergenehr_suite.point_imputation`): MICE, KNN
+(k = 5), `masked_gbm` (gradient boosting trained on this mask protocol) and the VAE family's
+conditional mean by default. Rows: model, metric, value, split = "stays" | "rows", seed.
 """
 
 from __future__ import annotations
@@ -57,11 +58,12 @@ def run(dataset: str, results: str | Path, models: tuple[str, ...], n_eval: int,
     import torch
 
     from synthehr.benchmarks import intergenehr_suite as ig
-    from synthehr.evaluation import imputation_mse, random_mask
+    from synthehr.evaluation import imputation_mse
 
     torch.set_num_threads(1)
     data = ig.load_data(dataset, cache, seed, 0)
     feats, names, label = data.features, data.schema.names, data.label
+    settings = ig.Settings(seed=seed, label=label)  # the intergenehr suite's own defaults (e.g. 100 mean draws)
     grid = data.train_grid
     cols = [*feats, label]
     rows: list[dict] = []
@@ -74,26 +76,19 @@ def run(dataset: str, results: str | Path, models: tuple[str, ...], n_eval: int,
         train = ig._typed(grid.loc[~is_test, cols].reset_index(drop=True), data.schema)
         test = ig._typed(grid.loc[is_test, cols].reset_index(drop=True), data.schema)
         test = test.sample(n=min(n_eval, len(test)), random_state=seed).reset_index(drop=True)
-        hf = random_mask((len(test), len(feats)), 0.5, seed=seed)
-        hidden = np.zeros((len(test), len(names)), dtype=bool)
-        for j, f in enumerate(feats):
-            hidden[:, names.index(f)] = hf[:, j]
-        hidden[:, names.index(label)] = True
+        hf, hidden = ig.feature_mask(len(test), names, feats, label, seed=seed)
         masked = test.mask(hidden)
         share = shared_stays(grid, is_test)
         rows.append(make_row("data", "test_rows_with_stay_in_training", share, how, seed))
         notes.append(f"split {how}: {len(train)} training rows, {int(is_test.sum())} test rows; "
                      f"{share:.1%} of test rows have their stay on the training side")
         for name in models:
-            model = ig.make_model(name, ig.Settings(seed=seed, label=label), role="impute")
+            model = ig.make_model(name, settings, role="impute")
             t0 = time.perf_counter()
             try:
                 model.fit(train, data.schema)
                 fit_s = time.perf_counter() - t0
-                if hasattr(model, "conditional_mean"):
-                    imputed = model.conditional_mean(masked, num_samples=100, seed=seed)
-                else:
-                    imputed = model.impute(masked, seed=seed)
+                imputed = ig.point_imputation(name, model, masked, settings)
             except Exception as e:  # one failing model is reported; the others still run
                 notes.append(f"split {how}: {name} failed: {type(e).__name__}: {e}")
                 print(f"[{SUITE}] {how:5s} {name:11s} FAILED: {e}", flush=True)

@@ -631,6 +631,28 @@ def _nll_per_cell(model, truth: pd.DataFrame, hidden: np.ndarray, schema, nll_sa
     return float(-np.sum(ll) / n) if n else float("nan")
 
 
+def feature_mask(n_rows: int, names: Sequence[str], features: Sequence[str], label: str, ratio: float = 0.5,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Table III's mask: (hidden over `features`, hidden over every column in `names`), each feature cell
+    hidden with P = ratio (`random_mask`), the label always hidden (it is never given, never scored)."""
+    from synthehr.evaluation import random_mask
+
+    hf = random_mask((n_rows, len(features)), ratio, seed=seed)
+    hidden = np.zeros((n_rows, len(names)), dtype=bool)
+    hidden[:, [list(names).index(f) for f in features]] = hf
+    hidden[:, list(names).index(label)] = True
+    return hf, hidden
+
+
+def point_imputation(name: str, model, masked: pd.DataFrame, s: Settings) -> pd.DataFrame:
+    """The point estimate Table III scores: the VAE family's own conditional mean, else the mean of
+    `impute_draws` draws of a stochastic imputer, else a deterministic imputer's one output."""
+    if hasattr(model, "conditional_mean"):
+        return model.conditional_mean(masked, num_samples=s.mean_samples, seed=s.seed)
+    draws = _impute_draws(model, masked, s.impute_draws, s.seed, name not in IMPUTERS)
+    return pd.DataFrame(draws.mean(axis=0), columns=masked.columns)
+
+
 def imputation_block(run: Run, table_id: str, split: str, models: dict[str, Any], truth: pd.DataFrame,
                      hidden: np.ndarray, fit_times: dict[str, float]) -> None:
     """Tables III / IV: MSE (mean of draws and one draw), NLL for every imputing model."""
@@ -836,17 +858,10 @@ def table_ii(run: Run, imps: dict[str, Any], evalset: pd.DataFrame) -> None:
 
 
 def table_iii_iv(run: Run, imps: dict[str, Any], evalset: pd.DataFrame, fit_s: dict[str, float]) -> None:
-    from synthehr.evaluation import random_mask
-
     s, d = run.s, run.d
     names = d.schema.names
-    lab = names.index(d.label)
     # III: 50 % mask over the features; the label is always hidden and never scored
-    hf = random_mask((len(evalset), len(d.features)), 0.5, seed=s.seed)
-    hidden = np.zeros((len(evalset), len(names)), dtype=bool)
-    for j, f in enumerate(d.features):
-        hidden[:, names.index(f)] = hf[:, j]
-    hidden[:, lab] = True
+    hf, hidden = feature_mask(len(evalset), names, d.features, d.label, seed=s.seed)
     imp_fit = {**fit_s}
     if FD + ":vp" in fit_s:
         imp_fit[FD] = fit_s[FD + ":vp"]
