@@ -484,3 +484,20 @@ def test_the_fitted_sampler_survives_save_load_and_an_older_file_samples_as_befo
     plain = VAEAC(**TINY, prior="model", calibrate_marginals=False).fit(tied_table(500))
     pd.testing.assert_frame_equal(older.sample(300, seed=2), plain.sample(300, seed=2))
 
+
+
+def test_calibration_draws_scale_with_the_table_and_the_tail_knots_stop_at_its_resolution() -> None:
+    from synthehr.models.conditional.encoding import (CALIBRATION_MAX_CELLS, CALIBRATION_MIN_DRAWS,
+                                                      calibration_draws, fit_calibration_map)
+
+    assert calibration_draws(200, 5) == CALIBRATION_MIN_DRAWS
+    assert calibration_draws(48_000, 29) == 960_000          # 20 per training row
+    assert calibration_draws(48_000, 180) == CALIBRATION_MAX_CELLS // 180  # memory-bounded
+    rng = np.random.default_rng(0)
+    generated, target = rng.standard_normal(400_000), rng.standard_normal(1_000)
+    u, y = fit_calibration_map(generated, target)
+    # the end knots sit at level 1/(2 x 1,000), where ~200 generated draws pin the quantile down,
+    # not at 1/400,000, a level one or two draws decide
+    assert abs(u[0] - stats.norm.ppf(1 / 2_000)) < 0.05 and abs(u[-1] - stats.norm.ppf(1 - 1 / 2_000)) < 0.05
+    assert y[0] >= target.min() and y[-1] <= target.max()
+    np.testing.assert_allclose(np.interp(generated, u, y).mean(), target.mean(), atol=0.02)
