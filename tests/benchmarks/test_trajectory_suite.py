@@ -26,6 +26,8 @@ def test_trajectory_suite_writes_the_issue_metrics(tmp_path):
     assert ("real", "event_prob_r2", "held_out") in got
     value = {(r["model"], r["metric"], r["split"]): r["value"] for r in rows}
     assert value[("trajectory", "structural_validity", "")] == 1.0
+    assert value[("trajectory", "mia_auc_ci_low", "")] <= value[("trajectory", "mia_auc", "")] \
+        <= value[("trajectory", "mia_auc_ci_high", "")]
     audit = json.loads((out / "audit-mimic-iv-demo.json").read_text())["rows"]
     models = {r["model"] for r in audit}
     assert {"trajectory", "real"} <= models and "reference-shuffle-baseline" not in models

@@ -31,6 +31,15 @@ def test_fresh_sample_gives_chance_level_attack():
     result = membership_inference(TRAIN, HOLDOUT, FRESH, seed=0)
     assert result["auc"] == pytest.approx(0.5, abs=0.1)
     assert result["n_members"] == result["n_nonmembers"] == 300
+    assert result["auc_ci_low"] < 0.5 < result["auc_ci_high"]  # no leakage: the interval holds 0.5
+
+
+def test_auc_interval_is_wide_for_a_small_cohort_and_excludes_chance_for_copies():
+    small = membership_inference(TRAIN.iloc[:20], HOLDOUT.iloc[:20], FRESH, seed=0)
+    assert small["auc_null_sd"] == pytest.approx(np.sqrt(41 / 4800))
+    assert small["auc_ci_high"] - small["auc_ci_low"] > 0.25
+    copies = membership_inference(TRAIN, HOLDOUT, TRAIN.copy(), seed=0)
+    assert copies["auc_ci_low"] > 0.9
 
 
 def test_equal_counts_subsampled_with_seed():

@@ -178,6 +178,8 @@ def run_dataset(args) -> list[Path]:
     # privacy
     pv = M.privacy(tr_m, ho_m, synth, seed=args.seed)
     add(T, "mia_auc", pv["mia"]["auc"], "", n_members=pv["mia"]["n_members"])
+    for key in ("auc_ci_low", "auc_ci_high", "auc_null_sd"):  # how far a small cohort's AUC can be trusted
+        add(T, f"mia_{key}", pv["mia"][key])
     add(T, "mia_f1", pv["mia"]["f1"])
     add(T, "dcr_median", pv["dcr"]["synthetic"]["median"])
     add(R, "dcr_median", pv["dcr"]["holdout"]["median"], "held_out")
@@ -236,7 +238,9 @@ def run_dataset(args) -> list[Path]:
         f"n={rtstr['n_test']} ({rtstr['pos_test']} readmitted); synthetic n={rtstr['n_train']} ({rtstr['pos_train']}), "
         f"real n={rtrtr['n_train']} ({rtrtr['pos_train']})",
         f"MIA: distance attack on per-patient profiles (top-100 codes, log events, age, sex), "
-        f"{pv['mia']['n_members']} members vs as many held-out patients",
+        f"{pv['mia']['n_members']} members vs as many held-out patients; AUC {pv['mia']['auc']:.3f}, 95% bootstrap "
+        f"interval [{pv['mia']['auc_ci_low']:.3f}, {pv['mia']['auc_ci_high']:.3f}], sd under no leakage "
+        f"{pv['mia']['auc_null_sd']:.3f} (mia_auc_ci_low / _high / _null_sd)",
         f"sampling: temperature {args.temperature:g}, top_p 1, "
         + (f"min_prob {args.min_prob:g} (dropped {100 * sinfo['min_prob_truncated_mass_mean']:.2f}% of the mass "
            f"per sampled token on average)" if args.min_prob > 0 else "no truncation")

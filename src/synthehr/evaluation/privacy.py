@@ -29,6 +29,7 @@ def membership_inference(
     synthetic: TableLike,
     seed: int = 0,
     max_rows: int | None = 5000,
+    n_boot: int = 1000,
 ) -> dict[str, Any]:
     """Distance-based membership inference attack (Hayes et al. 2018; FLEXGEN-EHR Sec. 4 privacy).
 
@@ -37,6 +38,12 @@ def membership_inference(
     the closest synthetic record.  Reports the ROC AUC of that score (0.5 = no leakage) and, at the
     threshold = median of all 2n scores (so about half the records are called members, the prior),
     the accuracy and F1 of "score >= threshold -> member".
+
+    How sure the AUC is: ``auc_ci_low`` / ``auc_ci_high``, a 95 % percentile bootstrap interval
+    (`n_boot` resamples of members and of non-members, seeded; 0 skips it), and ``auc_null_sd``,
+    the AUC's standard deviation when membership leaks nothing, sqrt((2n + 1) / (12 n^2)) — with
+    20 members against 20 non-members (a 100-patient cohort's held-out fifth) that is 0.09, so an
+    AUC of 0.57 there cannot be told from 0.5.
     """
     tr, ho, sy = align(train, holdout, synthetic)
     n = min(len(tr), len(ho), max_rows or len(tr))
@@ -48,8 +55,20 @@ def membership_inference(
     truth = np.r_[np.ones(n, int), np.zeros(n, int)]
     threshold = float(np.median(scores))
     predicted = (scores >= threshold).astype(int)
+    low = high = float("nan")
+    if n_boot > 0 and n > 1:
+        from scipy.stats import rankdata
+
+        rng = np.random.default_rng(seed + 2)
+        draws = np.concatenate([rng.choice(scores[:n], (n_boot, n)), rng.choice(scores[n:], (n_boot, n))], axis=1)
+        ranks = rankdata(draws, axis=1)  # AUC = Mann-Whitney U / n^2, ties counted half
+        boot = (ranks[:, :n].sum(axis=1) - n * (n + 1) / 2.0) / (n * n)
+        low, high = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
     return {
         "auc": float(roc_auc_score(truth, scores)),
+        "auc_ci_low": low,
+        "auc_ci_high": high,
+        "auc_null_sd": float(np.sqrt((2 * n + 1) / (12.0 * n * n))),
         "accuracy": float(np.mean(predicted == truth)),
         "f1": float(f1_score(truth, predicted)),
         "threshold_distance": -threshold,
