@@ -68,6 +68,9 @@ def test_every_table_has_its_metrics(quick_run):
         assert value(rows, "III", m, "imputation_nll", "mask50") is not None
         assert value(rows, "III", m, "reconstruct_ms", "latency") > 0
     assert value(rows, "VII", "real", "tstr_auroc", "real") is not None
+    settings = {m: n for n in doc["notes"] for m in ("vae", "pmvae") if n.startswith(f"{m} settings:")}
+    assert settings and all('"column_weights": null' in n for n in settings.values())  # the grid models: unweighted
+    assert any("outcome's log-likelihood weighted" in n for n in doc["notes"])  # Table VII's are weighted
     for m in ("real", "gaussian", "pmvae"):  # Table I averages --fidelity-draws (2 in --quick) draws
         assert value(rows, "I", m, "rmspe_sd", "test") >= 0
     for m in ("gaussian", "pmvae"):  # Tables V/VI average as many constrained samples

@@ -501,3 +501,24 @@ def test_calibration_draws_scale_with_the_table_and_the_tail_knots_stop_at_its_r
     assert abs(u[0] - stats.norm.ppf(1 / 2_000)) < 0.05 and abs(u[-1] - stats.norm.ppf(1 - 1 / 2_000)) < 0.05
     assert y[0] >= target.min() and y[-1] <= target.max()
     np.testing.assert_allclose(np.interp(generated, u, y).mean(), target.mean(), atol=0.02)
+
+
+def test_column_weights_are_validated_saved_and_change_only_training(tmp_path: Path) -> None:
+    from synthehr.errors import DataError
+    from synthehr.models.conditional.encoding import parse_column_weights
+
+    assert parse_column_weights("y:30, x:2.5") == {"y": 30.0, "x": 2.5}
+    assert parse_column_weights(None) is None and parse_column_weights("") is None
+    for bad in ("y", "y:0", "y:nan", "y:-1", {"y": "a lot"}):
+        with pytest.raises(ValueError):
+            parse_column_weights(bad)
+    data = make_mixed_table(400, seed=3)
+    with pytest.raises(DataError, match="no_such_column"):
+        VAE(**TINY, column_weights={"no_such_column": 2.0}).fit(data)
+    name = data.columns[0]
+    plain, weighted = VAE(**TINY).fit(data), VAE(**TINY, column_weights=f"{name}:50").fit(data)
+    assert weighted.hyperparameters["column_weights"] == {name: 50.0}
+    assert not plain.sample(50, seed=1).equals(weighted.sample(50, seed=1))  # a different fit
+    loaded = load_model(weighted.save(tmp_path / "w"))
+    assert loaded.hyperparameters["column_weights"] == {name: 50.0}
+    pd.testing.assert_frame_equal(loaded.sample(50, seed=1), weighted.sample(50, seed=1))

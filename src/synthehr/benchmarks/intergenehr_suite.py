@@ -68,7 +68,10 @@ VII  TSTR mortality: the last-6-bins layout (`last_bins_layout`, one row per sta
      (label included) hidden with probability 0.5 and re-generated given the rest. A random forest
      (`make_classifier`, 200 trees) trained on it is tested on the test stays: tstr_auroc,
      tstr_accuracy, tstr_auroc_gap = AUROC(train on real) - AUROC(train on synthetic). Model "real"
-     (split "real") trains on the real training layout.
+     (split "real") trains on the real training layout. vae / vaeac / pmvae train here with the
+     outcome's log-likelihood weighted as much as all the layout's features together
+     (`column_weights`, `--outcome-weight`; 1 = unweighted): one column of 181 otherwise gives the
+     latent little reason to carry the outcome.
 
 The Markdown file has one section per table (rows: metric [split], columns: models), a list of the
 issue's targets checked against this run (met / not met, with the numbers), and the notes (every
@@ -167,6 +170,8 @@ class Settings:
     max_proposals_factor: int = 50   # rejection budget of constrained generation: factor x n proposal rows
     full_fit_models: tuple[str, ...] = ()
     tstr_trees: int = 200            # random-forest trees of the TSTR classifier
+    outcome_weight: float = 0.0      # Table VII: the outcome's weight in the VAE family's training loss
+                                     # (`column_weights`); 0 = as many as the layout's feature columns, 1 = off
     threads: int = 1
     seed: int = 0
     quick: bool = False
@@ -285,12 +290,14 @@ def layout_schema(schema, features: Sequence[str], label: str, n_bins: int = 6):
 
 
 # ==================================================================================== models
-def make_model(name: str, s: Settings, role: str = "generate"):
-    """A fresh, unfitted model. role "impute" only matters for ForestDiffusion (VP diffusion)."""
+def make_model(name: str, s: Settings, role: str = "generate", column_weights: dict[str, float] | None = None):
+    """A fresh, unfitted model. role "impute" only matters for ForestDiffusion (VP diffusion);
+    `column_weights` only for the VAE family (Table VII's outcome weight)."""
     from synthehr.models.training import make_generator
 
     if name in TORCH_MODELS:
-        return make_generator(name, epochs=s.epochs or None, seed=s.seed)  # 0: the models' own default
+        return make_generator(name, epochs=s.epochs or None, seed=s.seed,  # 0: the models' own default
+                              column_weights=column_weights)
     if name in ("gaussian", "independent_marginals"):
         return make_generator(name)
     from synthehr.benchmarks import peers
@@ -376,7 +383,8 @@ REUSE_KEYS = ("dataset", "seed", "max_train_rows", "n_synth", "n_eval", "impute_
               "perturb_factor", "constrained_n", "max_proposals_factor", "tstr_trees", "fd_max_rows",
               "missforest_max_rows", "quick", "fidelity_draws")
 REUSE_MODEL_KEYS = {"ctgan": ("ctgan_epochs",), "tvae": ("tvae_epochs",),
-                    **{m: ("epochs", "mean_samples", "latency_rows", "nll_samples") for m in TORCH_MODELS},
+                    **{m: ("epochs", "mean_samples", "latency_rows", "nll_samples", "outcome_weight")
+                       for m in TORCH_MODELS},
                     "gaussian": ("latency_rows", "nll_samples"), "independent_marginals": ("latency_rows",)}
 FLOOR_RTOL = 1e-6
 REUSED_TAG = re.compile(r"^\[reused from [^\]]*\] ")  # the mark on notes carried over from an earlier file
@@ -996,6 +1004,13 @@ def table_vii(run: Run) -> None:
                      + (f"; not fitted on the layout (time; add them with --tstr-models): {', '.join(left)}"
                         if left else ""))
     hidden = random_mask(lt.shape, 0.5, seed=s.seed + 2)
+    outcome_weight = s.outcome_weight or float(len(xcols))
+    weights = {label: outcome_weight} if outcome_weight != 1 else None
+    if any(m in TORCH_MODELS for m in s.tstr_models):
+        run.notes.append(f"Table VII: vae / vaeac / pmvae train with the outcome's log-likelihood weighted "
+                         f"{outcome_weight:g} (column_weights; --outcome-weight, default: as many as the layout's "
+                         f"{len(xcols)} feature columns; 1 = unweighted): one column among {len(xcols) + 1}, the "
+                         f"outcome otherwise gives the latent little reason to carry it")
     for name in s.tstr_models:
         if name not in GENERATORS:
             continue
@@ -1004,7 +1019,7 @@ def table_vii(run: Run) -> None:
                 fit_table = lt.sample(n=s.fd_max_rows, random_state=s.seed).reset_index(drop=True)
             else:
                 fit_table = lt
-            model = make_model(name, s)
+            model = make_model(name, s, column_weights=weights if name in TORCH_MODELS else None)
             _, fsec = timed(lambda: model.fit(fit_table, schema))
             run.add("VII", name, {"fit_seconds": fsec}, "layout")
             x, ssec = timed(lambda: model.sample(len(lt), seed=s.seed))
@@ -1369,6 +1384,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-fit-models", help="torch models also timed on every training row (default on "
                                              "physionet2012: pmvae; empty string for none)")
     p.add_argument("--tstr-trees", type=int, help="trees of the TSTR random forest (default 200)")
+    p.add_argument("--outcome-weight", type=float, help="Table VII: weight of the outcome's log-likelihood in "
+                                                        "vae / vaeac / pmvae training (default 0 = as many as "
+                                                        "the layout's feature columns; 1 = unweighted)")
     p.add_argument("--threads", type=int, help="torch threads (default 1: busy-waiting workers slow shared CPUs)")
     p.add_argument("--seed", type=int)
     p.add_argument("--reuse-rows", metavar="OLD.json",
@@ -1383,7 +1401,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in ("cache", "n_synth", "n_eval", "ctgan_epochs", "tvae_epochs", "fd_max_rows", "missforest_max_rows",
               "impute_draws", "mean_samples", "fidelity_draws",
               "nll_samples", "latency_rows", "perturb_feature", "perturb_factor", "constrained_n", "threads", "seed",
-              "tstr_trees", "reuse_rows"):
+              "tstr_trees", "outcome_weight", "reuse_rows"):
         v = getattr(a, k)
         if v is not None and not (k == "cache" and v == str(CACHE)):
             options[k] = v

@@ -80,7 +80,7 @@ class PosteriorMatchingVAE(TorchGenerator):
         mu, lv = self._gaussian_net("encoder", x, present)
         z = reparameterize(mu, lv)
         ll = self.codec_.log_lik(self.nets_["decoder"](z), x)
-        neg_elbo = -(ll * present.to(ll.dtype)).sum(-1) + kl_diag_normal(mu, lv)
+        neg_elbo = self._reconstruction(ll, present) + kl_diag_normal(mu, lv)
         observed = random_observed_mask(present, self.mask_rate)
         return (neg_elbo + self._matching_loss(z, x, observed)).mean()
 

@@ -64,8 +64,7 @@ class VAE(TorchGenerator):
         mu, lv = self._encode(x, seen)
         z = reparameterize(mu, lv)
         ll = self.codec_.log_lik(self.nets_["decoder"](z), x)
-        recon = -(ll * present.to(ll.dtype)).sum(-1)
-        return (recon + kl_diag_normal(mu, lv)).mean()
+        return (self._reconstruction(ll, present) + kl_diag_normal(mu, lv)).mean()
 
     def _prior_latent(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.latent_dim)
