@@ -228,7 +228,8 @@ def test_quick_run_reusing_the_earlier_rows(quick_run, tmp_path):
     assert {k for k in new_rows if k[1] != "gaussian"} == {k for k in old_rows if k[1] != "gaussian"}
     assert value(new["rows"], "III", "gaussian", "imputation_nll", "mask50") is not None
     assert value(new["rows"], "VII", "gaussian", "tstr_auroc", "noise") is not None
-    assert new["notes"][0].startswith("REUSED ROWS:") and str(old) in new["notes"][0]
+    assert new["notes"][0].startswith("REUSED ROWS:") and f"{tmp_path.name}/old.json" in new["notes"][0]
+    assert str(tmp_path) not in json.dumps(new) + md  # no path of this machine in a file meant to be committed
     assert "Rows of independent_marginals, vae, pmvae, mice, knn are reused unchanged" in md
     assert new["targets"] and not [n for n in new["notes"] if "failed" in n]
     # the merged file can itself be reused: refit knn only; the rows reused twice keep their first origin
@@ -247,7 +248,7 @@ def test_quick_run_reusing_the_earlier_rows(quick_run, tmp_path):
     again_rows = {key(r): r["value"] for r in again["rows"]}
     assert len(again_rows) == len(again["rows"])
     assert all(again_rows[k] == v for k, v in new_rows.items() if k[1] not in ("knn", "real"))
-    assert any(n.startswith(f"[reused from {old}") and n.split("] ", 1)[1].startswith("vae settings")
+    assert any(n.startswith(f"[reused from {tmp_path.name}/old.json") and n.split("] ", 1)[1].startswith("vae settings")
                for n in again["notes"]), again["notes"]
     # a different evaluation size is refused before anything is fitted
     with pytest.raises(SystemExit, match="n_eval"):
@@ -271,3 +272,13 @@ def test_reuse_is_refused_when_a_reused_model_was_built_differently():
         check_reused_settings(reuse, s)
     doc["notes"][-1] = doc["notes"][-1].replace('"sqrt"', "0.5")
     check_reused_settings(check_reuse(doc, s, "old.json"), s)  # today's defaults: accepted
+
+
+def test_display_path_keeps_machine_paths_out_of_results(tmp_path, monkeypatch):
+    from synthehr.benchmarks.results import display_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    assert display_path(tmp_path / "benchmarks" / "a.json") == "benchmarks/a.json"  # inside the repo: relative
+    assert display_path("/elsewhere/runs/old.json") == "runs/old.json"              # outside: last two parts
+    assert display_path("old.json") == "old.json"

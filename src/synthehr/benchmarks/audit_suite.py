@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from synthehr.benchmarks.results import make_row, write_results
+from synthehr.benchmarks.results import display_path, make_row, write_results
 
 REPO = Path(__file__).resolve().parents[3]
 SPLITS = ("real", "real_all", "synthetic_before", "synthetic_after")
@@ -249,7 +249,7 @@ def run_audit_benchmark(meds: Path, out_dir: Path, synthetic: Path | None = None
     notes = [
         f"real = MIMIC-IV demo held-out split ({held_n} records: rates are noisy, steps of {1 / max(1, held_n):.0%}); "
         f"real_all = all {all_n} demo records (train + tuning + held_out), reported for stability",
-        ("synthetic = " + (f"generator output from {synthetic}" if synthetic else
+        ("synthetic = " + (f"generator output from {display_path(synthetic)}" if synthetic else
                            f"{n_synthetic} records from the reference trajectory sampler (mix={mix}, seed={seed}): a "
                            "BASELINE that shuffles real training events across subjects, to be replaced by the "
                            "trajectory model; pass --synthetic MEDS_DIR to audit a generator")),

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -46,7 +47,7 @@ import pandas as pd
 from synthehr.benchmarks.results import make_row, markdown_table, write_results
 
 SUITE = "flexgen"
-CACHE = Path("/tmp/synthehr-bench-cache")
+CACHE = Path(tempfile.gettempdir()) / "synthehr-bench-cache"  # shared by the suites: prepared once
 
 
 # ------------------------------------------------------------------------------------------- data

@@ -22,6 +22,7 @@ conditional mean by default. Rows: model, metric, value, split = "stays" | "rows
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma list (default {','.join(DEFAULT_MODELS)}; any imputing model of the intergenehr suite)")
     p.add_argument("--n-eval", type=int, default=2000, help="test rows scored per split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default="/tmp/synthehr-bench-cache", help="prepared-data cache folder")
+    p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "synthehr-bench-cache"),
+                   help="prepared-data cache folder")
     a = p.parse_args(argv)
     models = tuple(m.strip() for m in a.models.split(",") if m.strip())
     from synthehr.benchmarks import intergenehr_suite as ig

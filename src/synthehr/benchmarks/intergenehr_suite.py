@@ -101,6 +101,7 @@ import math
 import os
 import re
 import subprocess
+import tempfile
 import time
 import traceback
 import warnings
@@ -111,10 +112,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from synthehr.benchmarks.results import make_row, write_results
+from synthehr.benchmarks.results import display_path, make_row, write_results
 
 SUITE = "intergenehr"
-CACHE = Path("/tmp/synthehr-bench-cache")
+CACHE = Path(tempfile.gettempdir()) / "synthehr-bench-cache"  # shared by the suites: prepared once
 DATASETS = ("physionet2012", "mimic-iv-demo")
 N_SYNTH_CAP = 5000  # default synthetic sample: Table V's rejection sampling and the DCR scale with it
 
@@ -450,7 +451,7 @@ def load_reuse(s: Settings) -> Reuse:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"--reuse-rows: cannot read {path}: {e}") from e
-    return check_reuse(doc, s, str(path), _git_commit_of(path))
+    return check_reuse(doc, s, display_path(path), _git_commit_of(path))
 
 
 def check_reuse(doc: dict, s: Settings, path: str = "<doc>", commit: str | None = None) -> Reuse:
@@ -1297,8 +1298,9 @@ def write_doc(s: Settings, rows: list[dict], notes: list[str], targets: list[str
     """`<results>/intergenehr-<dataset>.json` (long rows + settings + targets) and the sectioned Markdown."""
     jpath, mpath = write_results(SUITE, s.dataset, rows, s.results, notes=notes)
     doc = json.loads(jpath.read_text())
-    doc["settings"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()
-                       if k != "extra_notes"}
+    doc["settings"] = {k: (list(v) if isinstance(v, tuple) else
+                           display_path(v) if k in ("results", "cache", "reuse_rows") and v else v)
+                       for k, v in s.__dict__.items() if k != "extra_notes"}
     if reused:
         doc["reused"] = reused
     doc["targets"] = targets

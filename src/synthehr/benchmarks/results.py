@@ -39,6 +39,17 @@ def environment() -> dict:
             "torch": versions.get("torch"), "versions": versions}
 
 
+def display_path(path: str | Path) -> str:
+    """How a results file names an input: relative to the working directory when it lies inside it (the
+    repo), else only its last two parts -- results are committed, and one machine's absolute paths mean
+    nothing on another (and should not leak into the repo)."""
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(*p.parts[-2:]).as_posix() if p.is_absolute() else p.as_posix()
+
+
 def make_row(model: str, metric: str, value, split: str = "", seed: int | None = None, **extra) -> dict:
     v = float(value) if value is not None else None
     if v is not None and not math.isfinite(v):
