@@ -282,3 +282,20 @@ def test_display_path_keeps_machine_paths_out_of_results(tmp_path, monkeypatch):
     assert display_path(tmp_path / "benchmarks" / "a.json") == "benchmarks/a.json"  # inside the repo: relative
     assert display_path("/elsewhere/runs/old.json") == "runs/old.json"              # outside: last two parts
     assert display_path("old.json") == "old.json"
+
+
+def test_model_seed_changes_only_the_vae_familys_training_seed():
+    from synthehr.benchmarks.intergenehr_suite import Settings, check_reuse, make_model
+
+    s = Settings(dataset="mimic-iv-demo", seed=3, model_seed=7)
+    assert make_model("pmvae", s).hyperparameters["seed"] == 7
+    assert make_model("vae", Settings(dataset="mimic-iv-demo", seed=3)).hyperparameters["seed"] == 3
+    assert list(make_model("vaeac", Settings(dataset="mimic-iv-demo", hidden=(32, 16))).hyperparameters["hidden"]) \
+        == [32, 16]
+    # a file written before the setting existed ran with the split seed: its torch rows stay reusable ...
+    old = _doc()
+    del old["settings"]["model_seed"]
+    assert "vae" in check_reuse(old, Settings(dataset="mimic-iv-demo", models=("ctgan",)), "old.json").models
+    # ... but not into a run that trains them with another seed
+    with pytest.raises(SystemExit, match="model_seed"):
+        check_reuse(old, Settings(dataset="mimic-iv-demo", models=("ctgan",), model_seed=1), "old.json")

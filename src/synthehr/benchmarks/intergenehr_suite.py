@@ -175,6 +175,8 @@ class Settings:
                                      # (`column_weights`); 0 = as many as the layout's feature columns, 1 = off
     threads: int = 1
     seed: int = 0
+    model_seed: int = -1             # training seed of vae / vaeac / pmvae; -1 = `seed` (the split stays `seed`'s)
+    hidden: tuple[int, ...] = ()     # hidden widths of vae / vaeac / pmvae; () = the models' default
     quick: bool = False
     reuse_rows: str = ""             # earlier results JSON whose rows of the models not in `models` are reused
     extra_notes: list[str] = field(default_factory=list)
@@ -297,8 +299,10 @@ def make_model(name: str, s: Settings, role: str = "generate", column_weights: d
     from synthehr.models.training import make_generator
 
     if name in TORCH_MODELS:
-        return make_generator(name, epochs=s.epochs or None, seed=s.seed,  # 0: the models' own default
-                              column_weights=column_weights)
+        extra = {"hidden": tuple(s.hidden)} if s.hidden else {}
+        return make_generator(name, epochs=s.epochs or None,  # 0: the models' own default
+                              seed=s.model_seed if s.model_seed >= 0 else s.seed, column_weights=column_weights,
+                              **extra)
     if name in ("gaussian", "independent_marginals"):
         return make_generator(name)
     from synthehr.benchmarks import peers
@@ -384,9 +388,11 @@ REUSE_KEYS = ("dataset", "seed", "max_train_rows", "n_synth", "n_eval", "impute_
               "perturb_factor", "constrained_n", "max_proposals_factor", "tstr_trees", "fd_max_rows",
               "missforest_max_rows", "quick", "fidelity_draws")
 REUSE_MODEL_KEYS = {"ctgan": ("ctgan_epochs",), "tvae": ("tvae_epochs",),
-                    **{m: ("epochs", "mean_samples", "latency_rows", "nll_samples", "outcome_weight")
+                    **{m: ("epochs", "mean_samples", "latency_rows", "nll_samples", "outcome_weight", "model_seed", "hidden")
                        for m in TORCH_MODELS},
                     "gaussian": ("latency_rows", "nll_samples"), "independent_marginals": ("latency_rows",)}
+# settings added after results files were written, and what a file without them ran with
+UNRECORDED_MEANT = {"model_seed": -1, "hidden": []}
 FLOOR_RTOL = 1e-6
 REUSED_TAG = re.compile(r"^\[reused from [^\]]*\] ")  # the mark on notes carried over from an earlier file
 TABLE_ORDER = {t: i for i, t in enumerate(TABLE_TITLES)}
@@ -472,7 +478,7 @@ def check_reuse(doc: dict, s: Settings, path: str = "<doc>", commit: str | None 
     unknown = [m for m in models if m not in ALL_MODELS]
     if unknown:
         refuse(f"unknown model(s) {unknown}")
-    old = doc.get("settings") or {}
+    old = {**UNRECORDED_MEANT, **(doc.get("settings") or {})}
     keys = list(REUSE_KEYS) + [k for m in models for k in REUSE_MODEL_KEYS.get(m, ())]
     differ = []
     for k in dict.fromkeys(keys):
@@ -1391,6 +1397,11 @@ def main(argv: list[str] | None = None) -> int:
                                                         "the layout's feature columns; 1 = unweighted)")
     p.add_argument("--threads", type=int, help="torch threads (default 1: busy-waiting workers slow shared CPUs)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--model-seed", type=int, help="training seed of vae / vaeac / pmvae only (default: --seed); "
+                                                  "the split, the samples and every other model keep --seed: "
+                                                  "how much of a result is the training seed's luck")
+    p.add_argument("--hidden", help="hidden layer widths of vae / vaeac / pmvae, comma list (default: the "
+                                    "models' own, 512,512)")
     p.add_argument("--reuse-rows", metavar="OLD.json",
                    help="take every row of each model NOT named by --models from this earlier results file of the "
                         "same suite and dataset (refused if its settings, split sizes or 'real' floor differ); "
@@ -1403,13 +1414,18 @@ def main(argv: list[str] | None = None) -> int:
     for k in ("cache", "n_synth", "n_eval", "ctgan_epochs", "tvae_epochs", "fd_max_rows", "missforest_max_rows",
               "impute_draws", "mean_samples", "fidelity_draws",
               "nll_samples", "latency_rows", "perturb_feature", "perturb_factor", "constrained_n", "threads", "seed",
-              "tstr_trees", "outcome_weight", "reuse_rows"):
+              "tstr_trees", "outcome_weight", "reuse_rows", "model_seed"):
         v = getattr(a, k)
         if v is not None and not (k == "cache" and v == str(CACHE)):
             options[k] = v
     options["cache"] = a.cache
     if a.tstr_models is not None:
         options["tstr_models"] = _csv(a.tstr_models)
+    if a.hidden:
+        try:
+            options["hidden"] = tuple(int(h) for h in _csv(a.hidden))
+        except ValueError:
+            p.error(f"--hidden takes a comma list of positive integers, got {a.hidden!r}")
     if a.full_fit_models is not None:
         options["full_fit_models"] = _csv(a.full_fit_models)
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -103,10 +103,13 @@ Defaults and speed
     latent_dim=16, hidden=(256, 256) (decoder mirrored), epochs=None (see Training),
     batch_size=256, lr=1e-3 (cosine decay), transform="quantile", prior="aggregate",
     calibrate_marginals=True, SiLU MLPs, no dropout /
-    batch-norm (so eval = train numerics). Measured on two shared CPU cores with one torch
-    thread: a 10,000 × 30 table takes ~0.3–0.9 s per epoch (VAE fastest, PMVAE slowest); the
-    5,000-row benchmark table at 160 epochs ~60–160 s depending on the load; the 48,000 × 31 ICU
-    grid at 40 epochs about 1–3.5 minutes. `condition(observed, n=100)` on one grid row: ~9–14 ms
+    batch-norm (so eval = train numerics). Width trade-off on the set-a grid (PMVAE, Table I over
+    training seeds 0-2): width 512 gave rmspe 2.95 / 3.03 / 3.25 and correlation difference
+    0.026 / 0.026 / 0.027 against 2.14 / 4.07 / 3.81 and 0.030 / 0.028 / 0.032 at 256 (steadier and
+    a little better), but trains about 2x slower; latent_dim 8 or 32 did not help. Measured on two
+    shared CPU cores with one torch thread: a 10,000 × 30 table takes ~0.3–0.9 s per epoch (VAE
+    fastest, PMVAE slowest); the 48,000 × 31 ICU grid at 40 epochs about 1–3.5 minutes.
+    `condition(observed, n=100)` on one grid row: ~9–14 ms
     end to end, of which the model's own part (encode, two MLP passes, sample, decode) is
     ~2–3 ms; the rest is the base class's validation and DataFrame handling.
     `gibbs_rounds` (default 0): unconditional samples are refined by that many rounds of
