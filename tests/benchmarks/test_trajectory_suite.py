@@ -16,6 +16,7 @@ def test_trajectory_suite_writes_the_issue_metrics(tmp_path):
     assert main(["--dataset", "mimic-iv-demo", "--d-model", "16", "--n-layers", "1", "--n-heads", "2",
                  "--context", "32", "--epochs", "0.02", "--n-synthetic", "6", "--max-len", "400",
                  "--batch-size", "6", "--audit-throughput-records", "200", "--work", str(tmp_path / "w"),
+                 "--temperature", "auto", "--temperature-grid", "0.8", "--calibration-records", "3",
                  "--out", str(out)]) == 0
     rows = json.loads((out / "trajectory-mimic-iv-demo.json").read_text())["rows"]
     got = {(r["model"], r["metric"], r["split"]) for r in rows}
@@ -32,6 +33,21 @@ def test_trajectory_suite_writes_the_issue_metrics(tmp_path):
     models = {r["model"] for r in audit}
     assert {"trajectory", "real"} <= models and "reference-shuffle-baseline" not in models
     assert (out / "trajectory-mimic-iv-demo.md").read_text().count("event_prob_r2") >= 2
+    # --temperature auto: both temperatures scored on the training patients, the better one used
+    calib = {k[2]: v for k, v in value.items() if k[1] == "calibration_event_prob_r2"}
+    assert set(calib) == {"train T=0.8", "train T=1"}
+    best = max(calib, key=lambda k: (round(calib[k], 6), k == "train T=1"))
+    assert value[("trajectory", "sampling_temperature", "")] == float(best.split("=")[1])
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "hot"])
+def test_trajectory_suite_refuses_a_bad_temperature(bad):
+    from synthehr.benchmarks.trajectory_suite import main
+
+    with pytest.raises(SystemExit):
+        main(["--temperature", bad])
+    with pytest.raises(SystemExit):
+        main(["--temperature-grid", f"0.9,{bad}"])
 
 
 @pytest.mark.slow

@@ -149,6 +149,39 @@ def privacy(train_events, holdout_events, synth_events, k: int = 100, seed: int 
     return {"mia": mia, "dcr": dcr}
 
 
+TEMPERATURE_GRID = (0.85, 0.9, 0.925, 0.95, 0.975, 1.0)
+
+
+def calibrate_temperature(gen, train_events, temperatures=TEMPERATURE_GRID, n: int = 500, seed: int = 1,
+                          progress=None, **sample_kw) -> dict:
+    """Choose a sampling temperature from the training cohort alone.
+
+    A next-token model fitted by maximum likelihood with limited capacity spreads a little too much mass
+    on codes a record has not had; over hundreds of steps that makes too many records hold an
+    intermittent code at least once (on PhysioNet at temperature 1: troponin T in 35 % of synthetic
+    patients vs 21 %). Per temperature, `n` records are sampled (the same random streams at every
+    temperature, so the comparison is not noise) and their per-code probabilities are compared with the
+    training patients' (event-probability R2, as the benchmark scores it); the best R2 wins, ties to the
+    higher temperature. No held-out record is read, and temperature 1 (the model's own distribution,
+    the library default) is always on the grid. Returns {"temperature", "grid": [{temperature, r2,
+    mean_bias}], "n", "seed"}."""
+    from synthehr.models.trajectory.tokenizer import Tokenizer
+
+    temps = sorted({float(t) for t in temperatures} | {1.0})
+    if any(not t > 0 for t in temps):
+        raise ValueError(f"temperatures must be positive, got {temperatures!r}")
+    real = Tokenizer(gen.vocab_).map_codes(train_events)
+    grid = []
+    for t in temps:
+        e = event_probability_bias_r2(real, gen.sample(n, seed=seed, temperature=t, **sample_kw))
+        grid.append({"temperature": t, "r2": float(e["r2"]), "mean_bias": float(e["mean_bias"])})
+        if progress:
+            progress(f"temperature {t:g}: training-cohort event-probability R2 {e['r2']:.4f}, "
+                     f"mean bias {e['mean_bias']:+.4f} ({n} records)")
+    best = max(grid, key=lambda g: (round(g["r2"], 6), g["temperature"]))
+    return {"temperature": best["temperature"], "grid": grid, "n": int(n), "seed": int(seed)}
+
+
 def event_metrics(real, synth) -> dict:
     return event_summary(_pl(real).select("subject_id", "time", "code").to_pandas(),
                          _pl(synth).select("subject_id", "time", "code").to_pandas())
