@@ -25,6 +25,9 @@ def test_cli_pipeline_on_demo(tmp_path, demo_raw, demo_meds, capsys):
     free = tmp_path / "free.parquet"
     assert main(["generate", "--model", str(model), "-n", "300", "--out", str(free)]) == 0
     assert abs(df["hco3"].mean() - pd.read_parquet(free)["hco3"].mean()) > 0.5
+    # a trajectory-only sampling option on a table model is refused, not ignored
+    assert main(["generate", "--model", str(model), "-n", "3", "--temperature", "auto", "--out", str(free)]) == 2
+    assert "trajectory models" in capsys.readouterr().err
     assert main(["evaluate", "--synthetic", str(free), "--data", str(prepared), "--out", str(tmp_path / "ev")]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["meta"]["n_synthetic"] == 300

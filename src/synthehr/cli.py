@@ -104,6 +104,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return generate_command(args)
     if args.prompt:
         raise SynthEHRError(f"--prompt is for trajectory models; {args.model} is a table model (use --condition)")
+    if args.temperature not in ("1.0", "1") or args.calibrate_on:
+        raise SynthEHRError(f"--temperature / --calibrate-on are for trajectory models; {args.model} is a table "
+                            f"model")
     from synthehr.models.base import load_model
 
     model = load_model(args.model)
@@ -231,7 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", action="append", metavar="NAME=VALUE",
                      help="trajectory models: sex=F, age=67 or age=65-69, race=WHITE (demographic prompt), or "
                           "history=MEDS_DIR subject=ID until=TIME (continue a real patient) (repeatable)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="trajectory models: sampling temperature")
+    gen.add_argument("--temperature", default="1.0",
+                     help="trajectory models: sampling temperature, or 'auto': the one (0.85-1) whose records best "
+                          "match the per-code probabilities of the training patients given by --calibrate-on")
+    gen.add_argument("--calibrate-on", metavar="MEDS_DIR",
+                     help="trajectory models, --temperature auto: the MEDS folder the model was trained on (its "
+                          "train split is read; nothing else)")
+    gen.add_argument("--calibration-records", type=int, default=500,
+                     help="--temperature auto: records sampled per temperature tried (default 500)")
     gen.add_argument("--top-p", type=float, default=1.0,
                      help="trajectory models: nucleus mass kept (1 = the full distribution, no truncation)")
     gen.add_argument("--min-prob", type=float, default=0.0,

@@ -699,6 +699,16 @@ def test_main_cli_dispatches_trajectory_train_and_generate(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "m"), "-n", "3", "--out", str(tmp_path / "x"),
                  "--condition", "ph=7.1"]) == 2
     assert "--prompt" in capsys.readouterr().err
+    # --temperature auto: chosen on the training patients of --calibrate-on, then used
+    assert main(["generate", "--model", str(tmp_path / "m"), "-n", "3", "--out", str(tmp_path / "a"),
+                 "--temperature", "auto", "--calibrate-on", str(root), "--calibration-records", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("training-cohort event-probability R2") == 6 and "the best event-probability R2" in out
+    assert pl.read_parquet(tmp_path / "a" / "data" / "train" / "0.parquet")["subject_id"].n_unique() == 3
+    for bad, says in ((["--temperature", "auto"], "--calibrate-on"), (["--calibrate-on", str(root)], "auto"),
+                      (["--temperature", "0"], "positive"), (["--temperature", "warm"], "auto")):
+        assert main(["generate", "--model", str(tmp_path / "m"), "-n", "3", "--out", str(tmp_path / "b"), *bad]) == 2
+        assert says in capsys.readouterr().err
 
 
 def test_first_stay_hours_measures_the_first_icu_stay():

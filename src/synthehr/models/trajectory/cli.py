@@ -111,13 +111,56 @@ def _history(prompt: dict):
     raise DataError(f"subject {sid} not found", file=str(root))
 
 
+def _temperature(args: argparse.Namespace, gen, seed: int) -> float:
+    """--temperature T, or 'auto' with --calibrate-on MEDS_DIR: chosen on that folder's train split
+    (metrics.calibrate_temperature), printed with what each temperature scored."""
+    raw = str(getattr(args, "temperature", 1.0) if getattr(args, "temperature", None) is not None else 1.0)
+    where = getattr(args, "calibrate_on", None)
+    if raw != "auto":
+        if where:
+            raise ConditioningError("--calibrate-on goes with --temperature auto")
+        try:
+            t = float(raw)
+        except ValueError:
+            raise ConditioningError(f"--temperature must be a positive number or 'auto', got {raw!r}") from None
+        if not t > 0:
+            raise ConditioningError(f"--temperature must be positive, got {raw!r}")
+        return t
+    if not where:
+        raise ConditioningError("--temperature auto needs --calibrate-on MEDS_DIR (the training patients)")
+    import polars as pl
+
+    from synthehr.models.trajectory.metrics import calibrate_temperature
+    from synthehr.models.trajectory.tokenizer import normalize_events
+
+    root = _meds_root(where)
+    files = sorted((root / "data" / "train").glob("*.parquet"))
+    if not files:
+        raise DataError("--calibrate-on: no data/train/*.parquet (the training split)", file=str(root))
+    frames = []
+    for f in files:
+        cols = [c for c in ("subject_id", "time", "code", "numeric_value", "race") if c in pl.read_parquet_schema(f)]
+        frames.append(normalize_events(pl.read_parquet(f, columns=cols)))
+    train = pl.concat(frames, how="diagonal_relaxed")
+    records = int(getattr(args, "calibration_records", 500) or 500)
+    if records < 1:
+        raise ConditioningError(f"--calibration-records must be at least 1, got {records}")
+    calib = calibrate_temperature(gen, train, n=min(records, int(train["subject_id"].n_unique())), seed=seed + 1,
+                                  top_p=float(getattr(args, "top_p", 1.0) or 1.0),
+                                  min_prob=float(getattr(args, "min_prob", 0.0) or 0.0),
+                                  workers=int(getattr(args, "workers", 1)), progress=lambda m: print(f"  {m}"))
+    print(f"temperature {calib['temperature']:g}: the best event-probability R2 against the training patients of "
+          f"{root} ({calib['n']} records per temperature)")
+    return float(calib["temperature"])
+
+
 def generate_command(args: argparse.Namespace) -> int:
     from synthehr.models.trajectory import TrajectoryGenerator
 
     gen = TrajectoryGenerator.load(args.model)
     prompt = parse_prompt(getattr(args, "prompt", None))
     n, seed = int(args.n), int(getattr(args, "seed", 0) or 0)
-    temperature = float(getattr(args, "temperature", 1.0) or 1.0)
+    temperature = _temperature(args, gen, seed)
     top_p = float(getattr(args, "top_p", 1.0) or 1.0)
     min_prob = float(getattr(args, "min_prob", 0.0) or 0.0)
     workers = int(getattr(args, "workers", 1))
