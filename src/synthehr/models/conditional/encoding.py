@@ -106,7 +106,11 @@ Defaults and speed
     batch-norm (so eval = train numerics). Width trade-off on the set-a grid (PMVAE, Table I over
     training seeds 0-2): width 512 gave rmspe 2.95 / 3.03 / 3.25 and correlation difference
     0.026 / 0.026 / 0.027 against 2.14 / 4.07 / 3.81 and 0.030 / 0.028 / 0.032 at 256 (steadier and
-    a little better), but trains about 2x slower; latent_dim 8 or 32 did not help. Measured on two
+    a little better), but trains about 2x slower; latent_dim 8 or 32 did not help, nor did a weaker KL
+    term (every column weighted 2x / 4x: 0.028 / 0.030) or `gibbs_rounds` 1-3. The correlations the
+    family misses are moderate ones of features the latent leaves to decoder noise (heart rate -
+    temperature 0.26 real, 0.03 generated; rank correlations show the same), not only heavy tails
+    (AST - ALT 0.86 real, 0.27 generated). Measured on two
     shared CPU cores with one torch thread: a 10,000 × 30 table takes ~0.3–0.9 s per epoch (VAE
     fastest, PMVAE slowest); the 48,000 × 31 ICU grid at 40 epochs about 1–3.5 minutes.
     `condition(observed, n=100)` on one grid row: ~9–14 ms
