@@ -104,7 +104,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return generate_command(args)
     if args.prompt:
         raise SynthEHRError(f"--prompt is for trajectory models; {args.model} is a table model (use --condition)")
-    if args.temperature not in ("1.0", "1") or args.calibrate_on:
+    from synthehr.models.trajectory.metrics import parse_temperature
+
+    try:
+        temperature = parse_temperature(args.temperature)
+    except ValueError:
+        temperature = None
+    if args.calibrate_on or temperature != 1.0:  # only trajectory models sample with a temperature
         raise SynthEHRError(f"--temperature / --calibrate-on are for trajectory models; {args.model} is a table "
                             f"model")
     from synthehr.models.base import load_model

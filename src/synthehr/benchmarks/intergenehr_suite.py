@@ -388,8 +388,8 @@ REUSE_KEYS = ("dataset", "seed", "max_train_rows", "n_synth", "n_eval", "impute_
               "perturb_factor", "constrained_n", "max_proposals_factor", "tstr_trees", "fd_max_rows",
               "missforest_max_rows", "quick", "fidelity_draws")
 REUSE_MODEL_KEYS = {"ctgan": ("ctgan_epochs",), "tvae": ("tvae_epochs",),
-                    **{m: ("epochs", "mean_samples", "latency_rows", "nll_samples", "outcome_weight", "model_seed", "hidden")
-                       for m in TORCH_MODELS},
+                    **{m: ("epochs", "mean_samples", "latency_rows", "nll_samples", "outcome_weight", "model_seed",
+                           "hidden") for m in TORCH_MODELS},
                     "gaussian": ("latency_rows", "nll_samples"), "independent_marginals": ("latency_rows",)}
 # settings added after results files were written, and what a file without them ran with
 UNRECORDED_MEANT = {"model_seed": -1, "hidden": []}
@@ -1401,7 +1401,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   "the split, the samples and every other model keep --seed: "
                                                   "how much of a result is the training seed's luck")
     p.add_argument("--hidden", help="hidden layer widths of vae / vaeac / pmvae, comma list (default: the "
-                                    "models' own, 512,512)")
+                                    "models' own, 256,256)")
     p.add_argument("--reuse-rows", metavar="OLD.json",
                    help="take every row of each model NOT named by --models from this earlier results file of the "
                         "same suite and dataset (refused if its settings, split sizes or 'real' floor differ); "

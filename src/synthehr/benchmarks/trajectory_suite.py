@@ -403,15 +403,12 @@ def _validity(syn_dir: Path) -> float:
 
 
 def _temperature(text: str):
-    if text == "auto":
-        return text
+    from synthehr.models.trajectory.metrics import parse_temperature
+
     try:
-        t = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"temperature must be a positive number or 'auto', got {text!r}") from None
-    if not t > 0:
-        raise argparse.ArgumentTypeError(f"temperature must be positive, got {text!r}")
-    return t
+        return parse_temperature(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _temperature_grid(text: str) -> tuple[float, ...]:

@@ -114,34 +114,26 @@ def _history(prompt: dict):
 def _temperature(args: argparse.Namespace, gen, seed: int) -> float:
     """--temperature T, or 'auto' with --calibrate-on MEDS_DIR: chosen on that folder's train split
     (metrics.calibrate_temperature), printed with what each temperature scored."""
-    raw = str(getattr(args, "temperature", 1.0) if getattr(args, "temperature", None) is not None else 1.0)
+    from synthehr.models.trajectory.metrics import calibrate_temperature, parse_temperature
+
+    raw = getattr(args, "temperature", None)
     where = getattr(args, "calibrate_on", None)
-    if raw != "auto":
+    try:
+        t = parse_temperature(1.0 if raw is None else raw)
+    except ValueError as e:
+        raise ConditioningError(f"--{e}") from None
+    if t != "auto":
         if where:
             raise ConditioningError("--calibrate-on goes with --temperature auto")
-        try:
-            t = float(raw)
-        except ValueError:
-            raise ConditioningError(f"--temperature must be a positive number or 'auto', got {raw!r}") from None
-        if not t > 0:
-            raise ConditioningError(f"--temperature must be positive, got {raw!r}")
         return t
     if not where:
         raise ConditioningError("--temperature auto needs --calibrate-on MEDS_DIR (the training patients)")
     import polars as pl
 
-    from synthehr.models.trajectory.metrics import calibrate_temperature
-    from synthehr.models.trajectory.tokenizer import normalize_events
+    from synthehr.models.trajectory.generator import meds_shards
 
     root = _meds_root(where)
-    files = sorted((root / "data" / "train").glob("*.parquet"))
-    if not files:
-        raise DataError("--calibrate-on: no data/train/*.parquet (the training split)", file=str(root))
-    frames = []
-    for f in files:
-        cols = [c for c in ("subject_id", "time", "code", "numeric_value", "race") if c in pl.read_parquet_schema(f)]
-        frames.append(normalize_events(pl.read_parquet(f, columns=cols)))
-    train = pl.concat(frames, how="diagonal_relaxed")
+    train = pl.concat(meds_shards(root, "train"), how="diagonal_relaxed")
     records = int(getattr(args, "calibration_records", 500) or 500)
     if records < 1:
         raise ConditioningError(f"--calibration-records must be at least 1, got {records}")

@@ -152,6 +152,20 @@ def privacy(train_events, holdout_events, synth_events, k: int = 100, seed: int 
 TEMPERATURE_GRID = (0.85, 0.9, 0.925, 0.95, 0.975, 1.0)
 
 
+def parse_temperature(text) -> float | str:
+    """A sampling temperature as given on a command line: a positive number, or "auto" (choose it with
+    `calibrate_temperature`). ValueError names the value otherwise."""
+    if text == "auto":
+        return text
+    try:
+        t = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be a positive number or 'auto', got {text!r}") from None
+    if not t > 0:
+        raise ValueError(f"temperature must be positive, got {text!r}")
+    return t
+
+
 def calibrate_temperature(gen, train_events, temperatures=TEMPERATURE_GRID, n: int = 500, seed: int = 1,
                           progress=None, **sample_kw) -> dict:
     """Choose a sampling temperature from the training cohort alone.
