@@ -89,6 +89,19 @@ def test_mean_fidelity_averages_each_metric_and_reports_its_spread():
     assert mean_fidelity([{"rmspe": 1.5}]) == {"rmspe": 1.5}  # one draw: no spread to report
 
 
+def test_replaced_share_counts_records_that_differ_on_the_given_features():
+    import numpy as np
+    import pandas as pd
+
+    from synthehr.benchmarks.intergenehr_suite import replaced_share
+
+    a = pd.DataFrame({"x": [1.0, 2.0, np.nan, 4.0], "y": [0, 1, 1, 0], "ph": [7.1, 7.2, 7.3, 7.4]})
+    b = a.assign(ph=a["ph"] + 0.05)  # an equation target recomputed: not a replaced record
+    assert replaced_share(b, a, ["x", "y"]) == 0.0  # NaN equals NaN
+    b.loc[3, "x"] = 5.0
+    assert replaced_share(b, a, ["x", "y"]) == 0.25
+
+
 def test_enforced_constraints_hold_exactly(quick_run):
     rows = quick_run[0]["rows"]
     checked = 0

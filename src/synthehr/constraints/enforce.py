@@ -49,7 +49,10 @@ through the inverse quantile map made the skewed labs' tails too heavy (PhysioNe
 5,000 rows: ALT mean +41 % / +23 % / +17 % for vae / vaeac / pmvae, rmspe on the other features
 9.2 / 5.5 / 4.9 against 2.2 / 3.4 / 2.8 unconstrained).  A row with anything given (`condition`,
 `impute`, point bounds) keeps the conditional path: calibrating draws given specific values would
-not be valid.
+not be valid.  The first proposals are `model.sample(n, seed)` itself, so `generate_with_constraints(
+model, n, seed)` returns the records of `model.sample(n, seed)` with the targets recomputed, except
+the rejected records, which are replaced by later accepted draws: with and without enforcement the
+same seed gives a paired sample, and what enforcement changes is visible record by record.
 """
 
 from __future__ import annotations
@@ -353,6 +356,7 @@ def _residuals_sub(block, unknown, fixed_sub, z):
 
 class _Seeds:
     def __init__(self, seed: int):
+        self.base = int(seed)  # the caller's seed: the first whole-row proposals use it (see _rejection_loop)
         self.rng = np.random.default_rng(seed)
 
     def __call__(self) -> int:
@@ -538,7 +542,13 @@ def _rejection_loop(model, fixed: pd.DataFrame, rows: np.ndarray, plan, bounds, 
         take = pending if room >= len(pending) else pending[:room]
         src = np.repeat(take, k)
         if from_noise:
-            proposal = model.sample(len(src), seed=seeds()).reindex(columns=fixed.columns).reset_index(drop=True)
+            # The first round proposes one row per record with the caller's own seed, i.e. exactly
+            # `model.sample(n, seed)`: a record whose draw is accepted is that unconstrained record with
+            # only the equations' targets replaced, so with and without enforcement the same seed gives
+            # the same records except the rejected ones (a paired comparison; any seed is an i.i.d. draw).
+            first = rounds == 0 and k == 1 and len(take) == len(rows)
+            proposal = model.sample(len(src), seed=seeds.base if first else seeds())
+            proposal = proposal.reindex(columns=fixed.columns).reset_index(drop=True)
         else:
             proposal = fixed.iloc[src].reset_index(drop=True).copy()
         ok = _execute(model, proposal, plan, bounds, seeds, reasons, drawn=from_noise)
