@@ -442,8 +442,9 @@ def tied_table(n: int = 2000, seed: int = 0) -> pd.DataFrame:
 @pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.model_type)
 def test_samples_from_noise_match_the_training_marginals_and_leave_conditioning_alone(cls: type[Generator]) -> None:
     data = tied_table()
-    new = cls(**SMALL).fit(data)
-    old = cls(**SMALL, prior="model", calibrate_marginals=False).fit(data)
+    # point masses off: this is about the sampler alone (point masses bring the tie back by themselves)
+    new = cls(**SMALL, point_mass_share=0.0).fit(data)
+    old = cls(**SMALL, prior="model", calibrate_marginals=False, point_mass_share=0.0).fit(data)
     tn, _ = new.get_state()
     to, _ = old.get_state()
     # the sampler is fitted after training, from its own random stream: the nets are the same
@@ -484,6 +485,69 @@ def test_the_fitted_sampler_survives_save_load_and_an_older_file_samples_as_befo
     plain = VAEAC(**TINY, prior="model", calibrate_marginals=False).fit(tied_table(500))
     pd.testing.assert_frame_equal(older.sample(300, seed=2), plain.sample(300, seed=2))
 
+
+
+def filled_labs_table(n: int = 3000, seed: int = 0) -> pd.DataFrame:
+    """Two strongly correlated labs (log-normal, r = 0.9 on the log scale) that are measured
+    together in 40 % of rows and otherwise both hold their filled-in median (the ICU grid's AST / ALT),
+    and a vital measured everywhere."""
+    rng = np.random.default_rng(seed)
+    z = rng.multivariate_normal([0.0, 0.0], [[1.0, 0.9], [0.9, 1.0]], size=n)
+    ast, alt = np.round(np.exp(3.8 + z[:, 0]), 0), np.round(np.exp(3.6 + z[:, 1]), 0)
+    filled = rng.random(n) < 0.6
+    ast[filled], alt[filled] = 45.0, 37.0
+    return pd.DataFrame({"ast": ast, "alt": alt, "hr": 85.0 + 12.0 * rng.standard_normal(n)})
+
+
+@pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.model_type)
+def test_point_masses_keep_filled_values_and_the_correlation_of_the_measured_ones(cls: type[Generator],
+                                                                                  tmp_path: Path) -> None:
+    """A continuous column whose most frequent value holds >= point_mass_share of it gets a point mass:
+    a Bernoulli "at that value" beside a density of its other values. Filled-in medians then come back
+    as themselves, together, and the measured values keep their correlation."""
+    data = filled_labs_table()
+    model = cls(**SMALL).fit(data)
+    codec = model.codec_
+    assert codec.mass_values.tolist() == [45.0, 37.0]  # hr: no value holds 5 %
+    flat = cls(**SMALL, point_mass_share=0.0).fit(data)  # the tie is only a stretch of the quantile map
+    assert len(flat.codec_.mass_k) == 0 and flat.codec_.in_dim == codec.in_dim - 2
+
+    def together(m: Generator) -> float:
+        x = m.sample(6000, seed=0)
+        at_ast, at_alt = x["ast"] == 45.0, x["alt"] == 37.0
+        assert abs(at_ast.mean() - 0.6) < 0.05 and abs(at_alt.mean() - 0.6) < 0.05
+        return float((at_ast == at_alt).mean())  # the data: 1.0
+
+    assert together(model) > 0.75 and together(model) > together(flat) + 0.05
+    # conditioning: a given filled value is the mass, and the other lab follows it (flat: never exactly)
+    out = model.condition({"ast": 45.0}, n=400, seed=1)
+    assert (out["ast"] == 45.0).all() and (out["alt"] == 37.0).mean() > 0.8
+    assert (flat.condition({"ast": 45.0}, n=400, seed=1)["alt"] == 37.0).mean() < 0.05
+    out = model.condition({"ast": 300.0}, n=400, seed=1)
+    assert (out["alt"] != 37.0).mean() > 0.75
+    # the conditional mean mixes the mass and the density; NLL scores a mass cell by its probability
+    cm = model.conditional_mean(pd.DataFrame({"ast": [45.0, 300.0], "alt": [np.nan, np.nan], "hr": [80.0, 80.0]}))
+    assert 30.0 < cm.loc[0, "alt"] < 60.0 and cm.loc[1, "alt"] > cm.loc[0, "alt"]
+    lp = model.log_prob_unobserved(data.head(50), np.array([[True, False, True]] * 50), num_samples=20)
+    assert np.isfinite(lp).all()
+    # saved with the weights; loading rebuilds the same codec and samples the same rows
+    loaded = load_model(model.save(tmp_path / "m"))
+    pd.testing.assert_frame_equal(loaded.sample(200, seed=3), model.sample(200, seed=3))
+    with pytest.raises(ValueError, match="point_mass_share"):
+        cls(point_mass_share=1.5)
+
+
+def test_saved_point_masses_are_checked(tmp_path: Path) -> None:
+    from synthehr.errors import ModelFileError
+
+    model = VAE(**TINY).fit(filled_labs_table(500))
+    tensors, state = model.get_state()
+    assert tensors["codec.mass_k"].tolist() == [0, 1]
+    for broken in ({k: v for k, v in tensors.items() if k != "codec.mass_values"},
+                   {**tensors, "codec.mass_k": np.array([0, 7])},
+                   {**tensors, "codec.mass_values": np.array([45.0, np.nan])}):
+        with pytest.raises(ModelFileError, match="point mass"):
+            _set_state_on(model, broken, state)
 
 
 def test_calibration_draws_scale_with_the_table_and_the_tail_knots_stop_at_its_resolution() -> None:

@@ -16,6 +16,21 @@ Encoding (`MixedCodec`)
       keeps scale 1): they define the "standardized units" NLL and MSE are reported in. The
       decoder emits a Gaussian mean and a log-variance per continuous column (in model space),
       so the reconstruction NLL is a proper density and sampling can add the decoder's noise.
+    * point masses (`point_mass_share`, default 0.05; 0 turns them off): a continuous column whose
+      most frequent training value holds at least that share of its present cells (the ICU grid's
+      filled-in medians: AST, ALT, ALP, bilirubin and albumin hold one value in 64-70 % of PhysioNet
+      rows, lactate 55 %, FiO2 57 %; a lattice value such as GCS 15) is encoded as two slots, the value
+      in model space (0 at the mass) and an "at the point mass" bit, and the decoder emits a Bernoulli
+      logit beside its Gaussian: log p(x) = log P(mass) at the mass, log P(not) + log N(value)
+      elsewhere, with the quantile map fitted on the other values. Why: as one Gaussian per row the
+      spike sat in the middle of the normal scores with the measured values split around it, and the
+      latent spent itself on "filled or not" per column; the filled cells of AST and ALT did not come
+      back together, nor did the measured pair keep its correlation (PhysioNet 2012 set-a, PMVAE,
+      scored against set-b: AST-ALT 0.50 generated against 0.86 real, 0.81 with point masses; Table I
+      correlation difference 0.030 without, 0.023 with masses on the 16 columns above 20 %, 0.022 on
+      the 25 above 5 %, rmspe and mape within their draw-to-draw spread). A given value equal to the
+      mass conditions on "filled" (the other filled labs follow it). In `log_prob_unobserved` a mass
+      cell adds a probability, not a density.
     * binary → one 0/1 value; the decoder emits one Bernoulli logit.
     * categorical → a one-hot block; the decoder emits one logit per level (softmax likelihood).
     A missing cell (NaN) is encoded as 0 (the standardized mean / an all-zero one-hot block) and
@@ -78,7 +93,7 @@ Sampling from noise (`sample`; fitted after training, `TorchGenerator._fit_sampl
       goes through a monotone map that sends the distribution of draws from the sampler (20 per
       training row, at least 50,000; `calibration_draws`) to that of the training values (quantile
       matching at 401 levels, finer in the tails, down to the training data's own resolution; see
-      `fit_calibration_map`). Why: the
+      `fit_calibration_map`; with a point mass, both sides leave out the cells at the mass). Why: the
       decoder's Gaussian noise, fine in raw units, is not fine through the inverse quantile map.
       Labs filled with one median where a stay has no value (ALT, ALP: 65 % one value) put a spike
       and gaps in model space that a per-row Gaussian cannot follow; the mixture of row Gaussians
@@ -244,6 +259,18 @@ def fit_quantile_knots(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u, y
 
 
+def find_point_mass(v: np.ndarray, min_share: float) -> float:
+    """The most frequent value of `v` (no NaN) if it holds at least `min_share` (> 0) of the values and
+    at least two other distinct values remain to fit a density on; else NaN (no point mass)."""
+    if not min_share or min_share <= 0 or len(v) == 0:
+        return float("nan")
+    values, counts = np.unique(v, return_counts=True)
+    top = int(np.argmax(counts))
+    if counts[top] < min_share * len(v) or len(values) < 3:
+        return float("nan")
+    return float(values[top])
+
+
 def parse_column_weights(value: Mapping[str, float] | str | None) -> dict[str, float] | None:
     """`column_weights` as {column: weight}: a mapping, or text "name:weight,name:weight" (the CLI's
     `--param column_weights=in_hospital_mortality:30`); every weight finite and > 0."""
@@ -350,7 +377,8 @@ class MixedCodec:
     """
 
     def __init__(self, schema: TableSchema, loc: np.ndarray, scale: np.ndarray,
-                 knots: Sequence[tuple[np.ndarray, np.ndarray]] | None = None):
+                 knots: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+                 masses: np.ndarray | None = None):
         self.schema = schema
         self.columns = list(schema.columns)
         self.n_columns = len(self.columns)
@@ -367,7 +395,13 @@ class MixedCodec:
             self.knots = [_check_knots(np.asarray(u, np.float64), np.asarray(y, np.float64), k)
                           for k, (u, y) in enumerate(knots)]
 
+        # point masses (see "Point masses" in the module doc): NaN = the column has none
+        masses = np.full(n_cont, np.nan) if masses is None else np.asarray(masses, dtype=np.float64).reshape(-1)
+        if masses.shape != (n_cont,):
+            raise ModelFileError(f"codec: {masses.shape[0]} point-mass values for {n_cont} continuous column(s)")
+        self.masses = masses
         cont_cols, cont_in, cont_mu, cont_lv = [], [], [], []
+        mass_k, mass_in, mass_out = [], [], []
         bin_cols, bin_in, bin_out = [], [], []
         self.categorical: list[tuple[int, slice, slice]] = []  # (column, x slice, params slice)
         col_of_in: list[int] = []
@@ -375,8 +409,12 @@ class MixedCodec:
         i = o = 0
         for j, spec in enumerate(self.columns):
             if spec.kind == "continuous":
+                k = len(cont_cols)
                 cont_cols.append(j), cont_in.append(i), cont_mu.append(o), cont_lv.append(o + 1)
                 width_in, width_out = 1, 2
+                if not np.isnan(masses[k]):  # + an "at the point mass" slot and its Bernoulli logit
+                    mass_k.append(k), mass_in.append(i + 1), mass_out.append(o + 2)
+                    width_in, width_out = 2, 3
             elif spec.kind == "binary":
                 bin_cols.append(j), bin_in.append(i), bin_out.append(o)
                 width_in = width_out = 1
@@ -393,23 +431,31 @@ class MixedCodec:
         self.in_dim, self.out_dim = i, o
         lt = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
         self.cont_cols, self.cont_in, self.cont_mu, self.cont_lv = map(lt, (cont_cols, cont_in, cont_mu, cont_lv))
+        self.mass_k, self.mass_in, self.mass_out = map(lt, (mass_k, mass_in, mass_out))
+        self.mass_values = masses[mass_k]  # (n_mass,) raw value of each point mass
+        self._is_mass = torch.zeros(n_cont, dtype=torch.bool)
+        self._is_mass[self.mass_k] = True
         self.bin_cols, self.bin_in, self.bin_out = map(lt, (bin_cols, bin_in, bin_out))
         self.col_of_in = lt(col_of_in)
         self.continuous_cols = np.array([c.kind == "continuous" for c in self.columns])
         # pieces are built kind by kind; these permutations put them back in schema order
         order = cont_cols + bin_cols + [j for j, _, _ in self.categorical]
         self._col_perm = lt(np.argsort(order, kind="stable").tolist())
-        in_order = cont_in + bin_in + [p for _, sl, _ in self.categorical for p in range(sl.start, sl.stop)]
+        in_order = (cont_in + mass_in + bin_in
+                    + [p for _, sl, _ in self.categorical for p in range(sl.start, sl.stop)])
         self._in_perm = lt(np.argsort(in_order, kind="stable").tolist())
 
     # ------------------------------------------------------------------- fitting
     @classmethod
-    def fit(cls, schema: TableSchema, data: pd.DataFrame, transform: str = "standard") -> "MixedCodec":
+    def fit(cls, schema: TableSchema, data: pd.DataFrame, transform: str = "standard",
+            point_mass_share: float = 0.0) -> "MixedCodec":
         """Standardization (and, for `transform="quantile"`, the quantile → normal maps) from the
-        training table's present cells; every column needs one."""
+        training table's present cells; every column needs one. A continuous column whose most
+        frequent value holds at least `point_mass_share` (> 0) of its present cells gets a point mass
+        there, and its quantile map is fitted on its other values."""
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
-        loc, scale, knots = [], [], []
+        loc, scale, knots, masses = [], [], [], []
         for spec in schema.columns:
             s = data[spec.name]
             if s.notna().sum() == 0:
@@ -421,8 +467,16 @@ class MixedCodec:
                 sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
                 loc.append(float(v.mean()))
                 scale.append(sd if sd > 1e-12 else 1.0)
-                knots.append(fit_quantile_knots(v))
-        return cls(schema, np.array(loc), np.array(scale), knots if transform == "quantile" else None)
+                mass = find_point_mass(v, point_mass_share)
+                masses.append(mass)
+                knots.append(fit_quantile_knots(v if np.isnan(mass) else v[v != mass]))
+        return cls(schema, np.array(loc), np.array(scale), knots if transform == "quantile" else None,
+                   np.array(masses, dtype=np.float64))
+
+    def at_mass(self, raw: np.ndarray) -> np.ndarray:
+        """Raw continuous values (…, n_cont) → bool, True where a value is its column's point mass."""
+        with np.errstate(invalid="ignore"):
+            return np.asarray(raw, dtype=np.float64) == self.masses
 
     # ------------------------------------------------ raw ⇄ model space (continuous)
     def forward(self, v: np.ndarray) -> np.ndarray:
@@ -478,10 +532,13 @@ class MixedCodec:
                                      for name in names])
             ok = ~np.isnan(v)
             kinds = np.array([self.columns[j].kind == "continuous" for j in numeric])
-            v[:, kinds] = self.forward(v[:, kinds])
+            at = self.at_mass(v[:, kinds])  # a point-mass cell: indicator 1, value slot 0
+            v[:, kinds] = np.where(at, 0.0, self.forward(v[:, kinds]))
             slots = [self.in_slices[j].start for j in numeric]
             x[:, slots] = np.where(ok, v, 0.0)
             present[:, numeric] = ok
+            if len(self.mass_k):
+                x[:, self.mass_in.numpy()] = at[:, self.mass_k.numpy()]
         for j, in_sl, _ in self.categorical:
             spec = self.columns[j]
             s = table[spec.name]
@@ -498,6 +555,9 @@ class MixedCodec:
         """Encoded (n, in_dim) → table in raw units: binary = 1 above 0.5, categorical = argmax."""
         cols: dict[str, Any] = {}
         raw = self.inverse(x[:, self.cont_in.numpy()]) if len(self.cont_cols) else None
+        if len(self.mass_k):
+            k = self.mass_k.numpy()
+            raw[:, k] = np.where(x[:, self.mass_in.numpy()] > 0.5, self.mass_values, raw[:, k])
         c = 0
         for j, spec in enumerate(self.columns):
             sl = self.in_slices[j]
@@ -530,7 +590,15 @@ class MixedCodec:
         if len(self.cont_cols):
             mu = params.index_select(-1, self.cont_mu)
             lv = soft_floor(params.index_select(-1, self.cont_lv), DECODER_MIN_LOG_VAR)
-            pieces.append(gaussian_log_prob(x.index_select(-1, self.cont_in), mu, lv))
+            ll = gaussian_log_prob(x.index_select(-1, self.cont_in), mu, lv)
+            if len(self.mass_k):  # P(at mass), or P(not at mass) x the density of the value
+                ind = x.index_select(-1, self.mass_in)
+                logit = params.index_select(-1, self.mass_out)
+                mixed = (ind * F.logsigmoid(logit)
+                         + (1.0 - ind) * (F.logsigmoid(-logit) + ll.index_select(-1, self.mass_k)))
+                full = torch.zeros_like(ll).index_copy(-1, self.mass_k, mixed)
+                ll = torch.where(self._is_mass, full, ll)
+            pieces.append(ll)
         if len(self.bin_cols):
             logits = params.index_select(-1, self.bin_out)
             pieces.append(-F.binary_cross_entropy_with_logits(logits, x.index_select(-1, self.bin_in),
@@ -552,7 +620,13 @@ class MixedCodec:
             if noise:
                 lv = soft_floor(params.index_select(-1, self.cont_lv), DECODER_MIN_LOG_VAR)
                 mu = mu + torch.exp(0.5 * lv) * torch.randn(mu.shape, dtype=mu.dtype)
-            pieces.append(mu)
+            if len(self.mass_k):  # at the point mass with its probability (value slot 0, as encoded)
+                p = torch.sigmoid(params.index_select(-1, self.mass_out))
+                ind = (torch.rand(p.shape, dtype=p.dtype) < p).to(params.dtype)
+                at = torch.zeros_like(mu).index_copy(-1, self.mass_k, ind) > 0.5
+                pieces += [torch.where(at, torch.zeros_like(mu), mu), ind]
+            else:
+                pieces.append(mu)
         if len(self.bin_cols):
             p = torch.sigmoid(params.index_select(-1, self.bin_out))
             pieces.append((torch.rand(p.shape, dtype=p.dtype) < p).to(params.dtype))
@@ -592,7 +666,8 @@ class TorchGenerator(Generator):
                  batch_size: int = 256, lr: float = 1e-3, seed: int = 0, mask_rate: float | None = None,
                  sample_noise: bool = True, transform: str = "quantile", lr_schedule: str = "cosine",
                  gibbs_rounds: int = 0, prior: str = "aggregate", calibrate_marginals: bool = True,
-                 column_weights: Mapping[str, float] | str | None = None, **extra: Any):
+                 column_weights: Mapping[str, float] | str | None = None, point_mass_share: float = 0.05,
+                 **extra: Any):
         """The hyper-parameters every model of the family shares (subclasses add theirs as `extra`)."""
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
@@ -605,13 +680,16 @@ class TorchGenerator(Generator):
             raise ValueError(f"mask_rate must be None or in [0, 1), got {mask_rate!r}")
         if not float(lr) > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
+        if not 0.0 <= float(point_mass_share) <= 1.0:
+            raise ValueError(f"point_mass_share must be in [0, 1] (0: no point masses), got {point_mass_share!r}")
         super().__init__(latent_dim=_positive_int("latent_dim", latent_dim), hidden=hidden,
                          epochs=None if epochs is None else _positive_int("epochs", epochs), batch_size=_positive_int("batch_size", batch_size),
                          lr=float(lr), seed=int(seed), mask_rate=None if mask_rate is None else float(mask_rate),
                          sample_noise=bool(sample_noise), transform=str(transform),
                          lr_schedule=str(lr_schedule), gibbs_rounds=_count("gibbs_rounds", gibbs_rounds),
                          prior=str(prior), calibrate_marginals=bool(calibrate_marginals),
-                         column_weights=parse_column_weights(column_weights), **extra)
+                         column_weights=parse_column_weights(column_weights),
+                         point_mass_share=float(point_mass_share), **extra)
         for k, v in self.hyperparameters.items():
             setattr(self, k, v)
         self.hidden = tuple(self.hidden)
@@ -687,7 +765,7 @@ class TorchGenerator(Generator):
 
     # ---------------------------------------------------------------------- fit
     def _fit(self, data: pd.DataFrame) -> None:
-        self.codec_ = MixedCodec.fit(self.schema_, data, self.transform)
+        self.codec_ = MixedCodec.fit(self.schema_, data, self.transform, self.point_mass_share)
         self.loss_weights_ = None
         if self.column_weights:
             names = [c.name for c in self.codec_.columns]
@@ -746,13 +824,19 @@ class TorchGenerator(Generator):
             n_cont = len(codec.cont_cols)
             n_draws = calibration_draws(len(data), n_cont)
             t = torch.empty(n_draws, n_cont, dtype=torch.float32)
+            at = torch.zeros(n_draws, n_cont, dtype=torch.bool)  # draws at a point mass: not calibrated
             for start in range(0, n_draws, CHUNK):  # chunk by chunk: only the continuous slots are kept
                 m = min(CHUNK, n_draws - start)
-                t[start:start + m] = self._draw_encoded(m).index_select(-1, codec.cont_in)
+                xb = self._draw_encoded(m)
+                t[start:start + m] = xb.index_select(-1, codec.cont_in)
+                if len(codec.mass_k):
+                    at[start:start + m, codec.mass_k] = xb.index_select(-1, codec.mass_in) > 0.5
             names = [codec.columns[j].name for j in codec.cont_cols.tolist()]
-            # training values in model space, in float64 so a tie lands exactly on its knot
-            y = codec.forward(data[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64))
-            self.calibration_ = [fit_calibration_map(t[:, k].numpy(), y[~np.isnan(y[:, k]), k])
+            # training values in model space, in float64 so a tie lands exactly on its knot; a point-mass
+            # cell has no model-space value (the map sends the other values to the other values)
+            raw = data[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+            y = np.where(codec.at_mass(raw), np.nan, codec.forward(raw))
+            self.calibration_ = [fit_calibration_map(t[~at[:, k], k].numpy(), y[~np.isnan(y[:, k]), k])
                                  for k in range(n_cont)]
 
     def _fit_aggregate_prior(self, x: torch.Tensor, present: torch.Tensor
@@ -887,7 +971,8 @@ class TorchGenerator(Generator):
             # change of variables: model-space density → density of the standardized raw value
             cont = codec.cont_cols.numpy()
             raw = table[[codec.columns[j].name for j in cont]].to_numpy(dtype=np.float64, na_value=np.nan)
-            jac = np.where(scored[:, cont], codec.log_jacobian(np.nan_to_num(raw)), 0.0)
+            # a point-mass cell's term is a probability (no density, no Jacobian)
+            jac = np.where(scored[:, cont] & ~codec.at_mass(raw), codec.log_jacobian(np.nan_to_num(raw)), 0.0)
             result = result + jac.sum(axis=1)
         result[~scored.any(axis=1)] = 0.0
         return result
@@ -926,7 +1011,12 @@ class TorchGenerator(Generator):
                     if codec.knots is not None:
                         lv = soft_floor(params.index_select(-1, cont_lv), DECODER_MIN_LOG_VAR)
                         mu = mu + torch.exp(0.5 * lv) * torch.randn(mu.shape, dtype=mu.dtype)
-                    out[rows, codec.cont_cols.numpy()] = codec.inverse(mu.double().numpy()).mean(0)
+                    draws = codec.inverse(mu.double().numpy())
+                    if len(codec.mass_k):  # P(at mass) x the mass + P(not) x the value
+                        p = torch.sigmoid(params.index_select(-1, codec.mass_out)).double().numpy()
+                        k = codec.mass_k.numpy()
+                        draws[..., k] = p * codec.mass_values + (1.0 - p) * draws[..., k]
+                    out[rows, codec.cont_cols.numpy()] = draws.mean(0)
                 if len(codec.bin_cols):
                     p = torch.sigmoid(params.index_select(-1, codec.bin_out)).mean(0)
                     out[rows, codec.bin_cols.numpy()] = p.double().numpy()
@@ -947,6 +1037,9 @@ class TorchGenerator(Generator):
             tensors["codec.knots_u"] = np.concatenate([u for u, _ in self.codec_.knots])
             tensors["codec.knots_y"] = np.concatenate([y for _, y in self.codec_.knots])
             tensors["codec.knots_len"] = np.array([len(u) for u, _ in self.codec_.knots], dtype=np.int64)
+        if len(self.codec_.mass_k):  # which continuous columns have a point mass, and where
+            tensors["codec.mass_k"] = self.codec_.mass_k.numpy().astype(np.int64)
+            tensors["codec.mass_values"] = self.codec_.mass_values.astype(np.float64)
         if self.gmm_ is not None:
             for key, value in zip(("log_weights", "means", "chol"), self.gmm_):
                 tensors[f"sampler.gmm_{key}"] = value.numpy().copy()
@@ -972,7 +1065,8 @@ class TorchGenerator(Generator):
                 raise ModelFileError("saved state: transform is 'quantile' but the quantile maps "
                                      "(codec.knots_u / _y / _len) are missing")
             knots = _split_knots(tensors, "codec.knots", "quantile-map")
-        self.codec_ = MixedCodec(self.schema_, tensors["codec.loc"], tensors["codec.scale"], knots)
+        self.codec_ = MixedCodec(self.schema_, tensors["codec.loc"], tensors["codec.scale"], knots,
+                                 _saved_masses(tensors, len(tensors["codec.loc"])))
         self._set_sampler_state(tensors)
         with torch.random.fork_rng(devices=[]):  # building nets draws initial weights: keep the caller's RNG
             nets = nn.ModuleDict(self._build_nets())
@@ -1018,6 +1112,25 @@ class TorchGenerator(Generator):
                                      f"{len(self.codec_.cont_cols)} continuous column(s)")
             self.calibration_ = [_check_calibration(np.asarray(u, np.float64), np.asarray(y, np.float64), k)
                                  for k, (u, y) in enumerate(calib)]
+
+
+def _saved_masses(tensors: dict[str, np.ndarray], n_cont: int) -> np.ndarray | None:
+    """Point masses from `codec.mass_k` / `codec.mass_values`; None (no point mass) when a file has
+    neither (a model without point masses, or one saved before they existed)."""
+    keys = ("codec.mass_k", "codec.mass_values")
+    if not any(k in tensors for k in keys):
+        return None
+    if not all(k in tensors for k in keys):
+        raise ModelFileError(f"saved state: point masses need both of {keys}")
+    k = np.asarray(tensors[keys[0]]).reshape(-1)
+    v = np.asarray(tensors[keys[1]], dtype=np.float64).reshape(-1)
+    if (len(k) != len(v) or not np.isfinite(v).all() or not np.issubdtype(k.dtype, np.integer)
+            or (k < 0).any() or (k >= n_cont).any() or len(np.unique(k)) != len(k)):
+        raise ModelFileError(f"saved state: point masses {k.tolist()} / {v.tolist()} do not fit "
+                             f"{n_cont} continuous column(s)")
+    masses = np.full(n_cont, np.nan)
+    masses[k] = v
+    return masses
 
 
 def _split_knots(tensors: dict[str, np.ndarray], prefix: str, what: str) -> list[tuple[np.ndarray, np.ndarray]]:
