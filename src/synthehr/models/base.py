@@ -82,8 +82,15 @@ class Generator(ABC):
         n = self._check_n(n)
         observed = dict(observed)
         self._check_observed_names(observed.keys())
-        row = {name: observed.get(name, np.nan) for name in self.schema_.names}
-        table = pd.DataFrame([row] * n, columns=self.schema_.names)
+        names = self.schema_.names
+        values = [observed.get(name, np.nan) for name in names]
+        # one float block when every given value is a number (the app's case); a list of n row dicts
+        # took longer to build than the model took to sample
+        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+               for v in values):
+            table = pd.DataFrame(np.tile(np.asarray(values, dtype=np.float64), (n, 1)), columns=names)
+        else:
+            table = pd.DataFrame({name: [v] * n for name, v in zip(names, values)}, columns=names)
         return self.impute(table, seed=seed)
 
     def impute(self, table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -161,7 +168,8 @@ class Generator(ABC):
         return int(n)
 
     def _check_observed_names(self, names) -> None:
-        unknown = [str(k) for k in names if k not in self.schema_]
+        known = set(self.schema_.names)
+        unknown = [str(k) for k in names if k not in known]
         if unknown:
             raise ConditioningError(f"unknown feature(s) {unknown}; this model knows {self.schema_.names}")
 
@@ -181,28 +189,35 @@ class Generator(ABC):
         return table, observed_mask
 
     def _restore_observed(self, out: pd.DataFrame, given: pd.DataFrame, observed_mask: np.ndarray) -> pd.DataFrame:
-        """Put the given cells back column by column with an explicit dtype.
+        """Put the given cells back with an explicit dtype per column, building the result in one go.
 
         (DataFrame.mask would silently downcast and warns that pandas 3 changes that; numeric
-        strings in a continuous/binary column come back as the numbers they spell.)
+        strings in a continuous/binary column come back as the numbers they spell. Column-by-column
+        assignment into a copy was half the time of conditioning one row: app latency.)
         """
-        out = out.copy()
+        names = self.schema_.names
+        touched = observed_mask.any(axis=0)
+        numeric = [j for j, spec in enumerate(self.schema_.columns) if spec.kind != "categorical" and touched[j]]
+        given_num = _as_float_matrix(given, [names[j] for j in numeric]) if numeric else None
+        out_num = _as_float_matrix(out, [names[j] for j in numeric]) if numeric else None
+        cols: dict[str, Any] = {}
+        k = 0
         for j, spec in enumerate(self.schema_.columns):
             m = observed_mask[:, j]
-            if not m.any():
-                continue
-            if spec.kind == "categorical":
+            if not touched[j]:
+                cols[spec.name] = out[spec.name].to_numpy(copy=True) if spec.kind != "categorical" else out[spec.name].copy()
+            elif spec.kind == "categorical":
                 values = out[spec.name].to_numpy(dtype=object).copy()
                 values[m] = given[spec.name].to_numpy(dtype=object)[m]
-                out[spec.name] = pd.Series(values).infer_objects()
+                cols[spec.name] = pd.Series(values).infer_objects()
             else:
-                values = pd.to_numeric(out[spec.name]).to_numpy(dtype=float).copy()
-                values[m] = pd.to_numeric(given[spec.name]).to_numpy(dtype=float)[m]
+                values = out_num[:, k].copy()
+                values[m] = given_num[m, k]
+                k += 1
                 if spec.kind == "binary" and pd.api.types.is_integer_dtype(out[spec.name]):
-                    out[spec.name] = values.astype(out[spec.name].dtype)
-                else:
-                    out[spec.name] = values
-        return out
+                    values = values.astype(out[spec.name].dtype)
+                cols[spec.name] = values
+        return pd.DataFrame(cols, columns=names)
 
     def _finish(self, out: pd.DataFrame) -> pd.DataFrame:
         """Clip to plausible ranges and cast binary/categorical columns to their levels."""
@@ -214,8 +229,21 @@ class Generator(ABC):
             names = [c.name for c in bounded]
             lo = np.array([-np.inf if c.lower is None else c.lower for c in bounded])
             hi = np.array([np.inf if c.upper is None else c.upper for c in bounded])
-            out[names] = np.clip(out[names].to_numpy(dtype=float), lo, hi)
+            clipped = np.clip(out[names].to_numpy(dtype=float), lo, hi)
+            # rebuilt in one go: assigning the block column by column (DataFrame.__setitem__) took
+            # longer than the clip
+            cols = {name: out[name] for name in self.schema_.names}
+            cols.update({name: clipped[:, k] for k, name in enumerate(names)})
+            out = pd.DataFrame(cols, columns=self.schema_.names)
         return out
+
+
+def _as_float_matrix(table: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """(n, len(names)) float64 of those columns; numeric strings as the numbers they spell."""
+    try:
+        return table[names].to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        return np.column_stack([pd.to_numeric(table[n]).to_numpy(dtype=np.float64) for n in names])
 
 
 def _json_default(o: Any):
