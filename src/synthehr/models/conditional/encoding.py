@@ -119,7 +119,7 @@ Defaults and speed
     batch_size=256, lr=1e-3 (cosine decay), transform="quantile", prior="aggregate",
     calibrate_marginals=True, SiLU MLPs, no dropout /
     batch-norm (so eval = train numerics). Width trade-off on the set-a grid (PMVAE, Table I over
-    training seeds 0-2): width 512 gave rmspe 2.95 / 3.03 / 3.25 and correlation difference
+    training seeds 0-2, before point masses): width 512 gave rmspe 2.95 / 3.03 / 3.25 and correlation difference
     0.026 / 0.026 / 0.027 against 2.14 / 4.07 / 3.81 and 0.030 / 0.028 / 0.032 at 256 (steadier and
     a little better), but trains about 2x slower; latent_dim 8 or 32 did not help, nor did a weaker KL
     term (every column weighted 2x / 4x: 0.028 / 0.030) or `gibbs_rounds` 1-3. The correlations the
