@@ -229,7 +229,10 @@ class Generator(ABC):
             names = [c.name for c in bounded]
             lo = np.array([-np.inf if c.lower is None else c.lower for c in bounded])
             hi = np.array([np.inf if c.upper is None else c.upper for c in bounded])
-            clipped = np.clip(out[names].to_numpy(dtype=float), lo, hi)
+            block = out[names].to_numpy(dtype=float)
+            clipped = np.clip(block, lo, hi)
+            if np.array_equal(clipped, block, equal_nan=True):
+                return out  # nothing out of range (the usual case): no copy
             # rebuilt in one go: assigning the block column by column (DataFrame.__setitem__) took
             # longer than the clip
             cols = {name: out[name] for name in self.schema_.names}
