@@ -128,7 +128,7 @@ Defaults and speed
     (AST - ALT 0.86 real, 0.27 generated). Measured on two
     shared CPU cores with one torch thread: a 10,000 × 30 table takes ~0.3–0.9 s per epoch (VAE
     fastest, PMVAE slowest); the 48,000 × 31 ICU grid at 40 epochs about 1–3.5 minutes.
-    `condition(observed, n=100)` on one grid row: ~9–14 ms
+    `condition(observed, n=100)` on one grid row: ~9–14 ms on the Intel Xeon, 16–23 ms on the AMD EPYC
     end to end, of which the model's own part (encode, two MLP passes, sample, decode) is
     ~2–3 ms; the rest is the base class's validation and DataFrame handling.
     `gibbs_rounds` (default 0): unconditional samples are refined by that many rounds of
