@@ -546,7 +546,7 @@ def _rejection_loop(model, fixed: pd.DataFrame, rows: np.ndarray, plan, bounds, 
             # `model.sample(n, seed)`: a record whose draw is accepted is that unconstrained record with
             # only the equations' targets replaced, so with and without enforcement the same seed gives
             # the same records except the rejected ones (a paired comparison; any seed is an i.i.d. draw).
-            first = rounds == 0 and k == 1 and len(take) == len(rows)
+            first = rounds == 0 and len(take) == len(rows)  # round 0 proposes one row per record
             proposal = model.sample(len(src), seed=seeds.base if first else seeds())
             proposal = proposal.reindex(columns=fixed.columns).reset_index(drop=True)
         else:

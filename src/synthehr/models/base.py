@@ -198,26 +198,26 @@ class Generator(ABC):
         names = self.schema_.names
         touched = observed_mask.any(axis=0)
         numeric = [j for j, spec in enumerate(self.schema_.columns) if spec.kind != "categorical" and touched[j]]
-        given_num = _as_float_matrix(given, [names[j] for j in numeric]) if numeric else None
-        out_num = _as_float_matrix(out, [names[j] for j in numeric]) if numeric else None
-        cols: dict[str, Any] = {}
-        k = 0
+        if numeric:  # the touched numeric columns of both tables as one float block each
+            num_names = [names[j] for j in numeric]
+            restored = np.array(_as_float_matrix(out, num_names), copy=True)  # never a view of `out`
+            m = observed_mask[:, numeric]
+            restored[m] = _as_float_matrix(given, num_names)[m]
+            block = dict(zip(num_names, restored.T))
+        cols: dict[str, Any] = {}  # the DataFrame constructor copies what it is given
         for j, spec in enumerate(self.schema_.columns):
-            m = observed_mask[:, j]
             if not touched[j]:
-                cols[spec.name] = out[spec.name].to_numpy(copy=True) if spec.kind != "categorical" else out[spec.name].copy()
+                cols[spec.name] = out[spec.name]
             elif spec.kind == "categorical":
+                m = observed_mask[:, j]
                 values = out[spec.name].to_numpy(dtype=object).copy()
                 values[m] = given[spec.name].to_numpy(dtype=object)[m]
-                cols[spec.name] = pd.Series(values).infer_objects()
+                cols[spec.name] = pd.Series(values, index=out.index).infer_objects()
+            elif spec.kind == "binary" and pd.api.types.is_integer_dtype(out[spec.name]):
+                cols[spec.name] = block[spec.name].astype(out[spec.name].dtype)
             else:
-                values = out_num[:, k].copy()
-                values[m] = given_num[m, k]
-                k += 1
-                if spec.kind == "binary" and pd.api.types.is_integer_dtype(out[spec.name]):
-                    values = values.astype(out[spec.name].dtype)
-                cols[spec.name] = values
-        return pd.DataFrame(cols, columns=names)
+                cols[spec.name] = block[spec.name]
+        return pd.DataFrame(cols, columns=names, index=out.index)
 
     def _finish(self, out: pd.DataFrame) -> pd.DataFrame:
         """Clip to plausible ranges and cast binary/categorical columns to their levels."""

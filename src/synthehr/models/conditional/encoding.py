@@ -262,7 +262,7 @@ def fit_quantile_knots(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def find_point_mass(v: np.ndarray, min_share: float) -> float:
     """The most frequent value of `v` (no NaN) if it holds at least `min_share` (> 0) of the values and
     at least two other distinct values remain to fit a density on; else NaN (no point mass)."""
-    if not min_share or min_share <= 0 or len(v) == 0:
+    if min_share <= 0 or len(v) == 0:
         return float("nan")
     values, counts = np.unique(v, return_counts=True)
     top = int(np.argmax(counts))
@@ -433,8 +433,6 @@ class MixedCodec:
         self.cont_cols, self.cont_in, self.cont_mu, self.cont_lv = map(lt, (cont_cols, cont_in, cont_mu, cont_lv))
         self.mass_k, self.mass_in, self.mass_out = map(lt, (mass_k, mass_in, mass_out))
         self.mass_values = masses[mass_k]  # (n_mass,) raw value of each point mass
-        self._is_mass = torch.zeros(n_cont, dtype=torch.bool)
-        self._is_mass[self.mass_k] = True
         self.bin_cols, self.bin_in, self.bin_out = map(lt, (bin_cols, bin_in, bin_out))
         self.col_of_in = lt(col_of_in)
         self.continuous_cols = np.array([c.kind == "continuous" for c in self.columns])
@@ -596,8 +594,7 @@ class MixedCodec:
                 logit = params.index_select(-1, self.mass_out)
                 mixed = (ind * F.logsigmoid(logit)
                          + (1.0 - ind) * (F.logsigmoid(-logit) + ll.index_select(-1, self.mass_k)))
-                full = torch.zeros_like(ll).index_copy(-1, self.mass_k, mixed)
-                ll = torch.where(self._is_mass, full, ll)
+                ll = ll.index_copy(-1, self.mass_k, mixed)
             pieces.append(ll)
         if len(self.bin_cols):
             logits = params.index_select(-1, self.bin_out)
@@ -623,10 +620,10 @@ class MixedCodec:
             if len(self.mass_k):  # at the point mass with its probability (value slot 0, as encoded)
                 p = torch.sigmoid(params.index_select(-1, self.mass_out))
                 ind = (torch.rand(p.shape, dtype=p.dtype) < p).to(params.dtype)
-                at = torch.zeros_like(mu).index_copy(-1, self.mass_k, ind) > 0.5
-                pieces += [torch.where(at, torch.zeros_like(mu), mu), ind]
-            else:
-                pieces.append(mu)
+                mu = mu.index_copy(-1, self.mass_k, mu.index_select(-1, self.mass_k) * (1.0 - ind))
+            pieces.append(mu)
+            if len(self.mass_k):
+                pieces.append(ind)
         if len(self.bin_cols):
             p = torch.sigmoid(params.index_select(-1, self.bin_out))
             pieces.append((torch.rand(p.shape, dtype=p.dtype) < p).to(params.dtype))
